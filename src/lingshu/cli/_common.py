@@ -1,0 +1,40 @@
+"""Helpers shared by the subcommands: input resolution and clean error reporting."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+from lingshu.data.paths import DATASETS, dataset_path
+
+# Errors that come from bad input: shown as one clear line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError)
+
+
+def user_errors_as_messages(command: Callable) -> Callable:
+    """Decorate a CLI command so that input errors print ``error: ...`` and exit with code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def resolve_data(data: str) -> Path:
+    """An existing file path, or the name of a registered dataset (e.g. ``pbmc3k``)."""
+    path = Path(data)
+    if path.is_file():
+        return path
+    if data in DATASETS:
+        return dataset_path(data)
+    raise FileNotFoundError(f"{data!r} is neither a file nor a registered dataset ({sorted(DATASETS)})")

@@ -1,0 +1,87 @@
+"""``lingshu train``: fit a model on raw counts and write a checkpoint directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lingshu.cli import app
+from lingshu.cli._common import resolve_data, user_errors_as_messages
+from lingshu.config import PRESETS
+from lingshu.data.io import read_counts
+from lingshu.data.splits import apply_cell_split, load_split
+from lingshu.training.run import train as train_model
+
+
+@app.command("train")
+@user_errors_as_messages
+def train(
+    data: str = typer.Argument(
+        ...,
+        help="Training .h5ad (raw integer UMI counts) or a registered dataset name such as pbmc3k.",
+    ),
+    layer: str | None = typer.Option(None, "--layer", help="Layer holding raw counts (default: X)."),
+    preset: str = typer.Option("small", "--preset", help=f"Model/training preset: {', '.join(PRESETS)}."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimisation steps (default: preset's)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch in cells (paper: 256)."),
+    micro_batch_size: int | None = typer.Option(
+        None,
+        "--micro-batch-size",
+        help="Cells per forward pass; gradients are accumulated up to "
+        "--batch-size (use it when the batch does not fit in memory).",
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: preset's)."),
+    patch_size: int | None = typer.Option(
+        None, "--patch-size", help="Sequence-compression group size S (1 = none; paper: 8 or 32)."
+    ),
+    min_cells: int = typer.Option(
+        1,
+        "--min-cells",
+        help="Gene vocabulary = genes detected in at least this many training cells.",
+    ),
+    holdout: Path | None = typer.Option(
+        None, "--holdout", help="Split JSON file; its held-out cells are excluded from training."
+    ),
+    out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
+    resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
+    backed: bool = typer.Option(
+        False,
+        "--backed",
+        help="Stream mini-batches from disk instead of loading the matrix into RAM.",
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    seed: int = typer.Option(0, "--seed", help="Global seed: same seed and data give the same model."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a masked discrete diffusion model on whole-transcriptome raw counts."""
+    path = resolve_data(data)
+    adata = read_counts(path, layer=layer, backed=backed and holdout is None)
+    if holdout is not None:
+        adata, _ = apply_cell_split(adata, load_split(holdout))
+    overrides = {
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "micro_batch_size": micro_batch_size,
+        "peak_lr": lr,
+        "seed": seed,
+    }
+    train_overrides = {k: v for k, v in overrides.items() if v is not None}
+    model_overrides = {} if patch_size is None else {"patch_size": patch_size}
+    typer.echo(f"training on {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
+    result = train_model(
+        adata,
+        out,
+        preset=preset,
+        model_overrides=model_overrides,
+        train_overrides=train_overrides,
+        min_cells=min_cells,
+        resume=resume,
+        device=device,
+        progress=progress,
+    )
+    last = result.log[-1] if result.log else {}
+    typer.echo(
+        f"checkpoint written to {out} (step {result.step}, loss {last.get('loss', float('nan')):.4f}, "
+        f"{last.get('cells_per_s', float('nan')):.1f} cells/s)"
+    )

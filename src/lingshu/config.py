@@ -1,0 +1,134 @@
+"""Typed configuration: model architecture and training presets.
+
+Presets are plain dataclass instances looked up by name (no string magic beyond that lookup):
+``tiny`` for CPU unit tests, ``small`` for the CPU demo, ``paper`` for the published model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the mask predictor.
+
+    ``n_genes`` and ``n_condition_tokens`` are filled from the data (vocabulary and label maps).
+    ``patch_size`` is the sequence-compression group size S (1 = no compression).
+    ``gene_embedding`` adds a learned per-gene identity vector to each gene token before
+    compression and again before the output head. The paper does not describe one explicitly
+    (gene identity comes from the permutation slot and RoPE); without it a bidirectional model
+    with relative positions cannot tell genes apart when S=1, so it is on by default.
+    """
+
+    n_genes: int = 0
+    n_condition_tokens: int = 0
+    n_condition_slots: int = 0
+    d_model: int = 640
+    n_layers: int = 13
+    n_heads: int = 10
+    d_ff: int = 2560
+    patch_size: int = 8
+    gene_embedding: bool = True
+    rope_base: float = 10_000.0
+    norm_eps: float = 1e-6
+    permutation_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("head dimension must be even for rotary embeddings")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (paper defaults: AdamW 0.9/0.95, wd 0.1, clip 1.0, batch 256)."""
+
+    batch_size: int = 256
+    micro_batch_size: int | None = None
+    max_steps: int = 10_000
+    peak_lr: float = 2e-4
+    min_lr: float = 2e-5
+    warmup_steps: int = 1_000
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    ema_sigma_rel: float = 0.05
+    t_min: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named pair of model and training settings."""
+
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        ModelConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128, patch_size=8),
+        TrainConfig(
+            batch_size=32,
+            max_steps=300,
+            peak_lr=2e-3,
+            min_lr=2e-4,
+            warmup_steps=20,
+            checkpoint_every=100,
+        ),
+    ),
+    "small": Preset(
+        ModelConfig(d_model=128, n_layers=4, n_heads=4, d_ff=384, patch_size=16),
+        TrainConfig(
+            batch_size=64,
+            max_steps=1_500,
+            peak_lr=1e-3,
+            min_lr=5e-5,
+            warmup_steps=100,
+            checkpoint_every=250,
+        ),
+    ),
+    "paper": Preset(
+        ModelConfig(d_model=640, n_layers=13, n_heads=10, d_ff=2560, patch_size=8),
+        TrainConfig(batch_size=256, peak_lr=2e-4, min_lr=2e-5, warmup_steps=1_000),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the preset called ``name`` or raise a ``ValueError`` listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Serialise a config dataclass to a JSON-friendly dict."""
+    return asdict(config)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build ``cls`` from a dict, ignoring keys that the class does not know (newer files)."""
+    known = {f.name for f in fields(cls)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    return cls(**kwargs)
+
+
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "Preset",
+    "PRESETS",
+    "get_preset",
+    "config_to_dict",
+    "config_from_dict",
+    "replace",
+]

@@ -1,0 +1,1 @@
+"""Data layer: reading and validating counts, gene vocabularies, tokens and mini-batches."""

@@ -1,0 +1,36 @@
+"""Reading AnnData counts from ``.h5ad`` files without densifying the whole matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+
+from lingshu.data.validation import CountsValidationError, validate_counts
+
+
+def read_counts(path: str | Path, layer: str | None = None, backed: bool = False) -> ad.AnnData:
+    """Read an ``.h5ad`` file and return an AnnData whose ``X`` holds validated raw counts.
+
+    ``layer`` names the layer with raw counts (default ``X``). With ``backed=True`` the matrix stays
+    on disk (``backed='r'``) and is only read in row chunks; ``layer`` must then be ``None``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise CountsValidationError(f"{path} is empty (0 bytes)")
+    if backed and layer is not None:
+        raise ValueError("backed reading supports counts in X only; drop --layer or read into memory")
+    try:
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
+    except OSError as error:
+        raise CountsValidationError(f"{path} is not a readable .h5ad file: {error}") from error
+    if layer is not None:
+        if layer not in adata.layers:
+            raise CountsValidationError(
+                f"layer {layer!r} not found in {path}; available layers: {list(adata.layers) or 'none'}"
+            )
+        adata = ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=adata.uns)
+    validate_counts(adata.X, layer)
+    return adata

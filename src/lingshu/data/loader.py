@@ -1,0 +1,74 @@
+"""Mini-batches of cells read from an in-memory or disk-backed AnnData, aligned to a vocabulary.
+
+Only the rows of the current batch are densified. The order of cells is a pure function of
+(seed, epoch), so training can resume at any step without saved loader state. For disk-backed
+files the order is a *block shuffle*: contiguous blocks of cells in random order, then shuffled
+within a window, which keeps reads sequential enough to be fast.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from lingshu.data.vocabulary import GeneAlignment
+
+
+def epoch_order(n_cells: int, seed: int, epoch: int, block_size: int = 1) -> np.ndarray:
+    """Permutation of ``range(n_cells)`` for one epoch; ``block_size > 1`` gives a block shuffle."""
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    if block_size <= 1:
+        return rng.permutation(n_cells)
+    starts = rng.permutation(np.arange(0, n_cells, block_size))
+    order = np.concatenate([np.arange(s, min(s + block_size, n_cells)) for s in starts])
+    window = block_size * 8
+    for start in range(0, n_cells, window):
+        rng.shuffle(order[start : start + window])
+    return order
+
+
+class AlignedCounts:
+    """Row access to raw counts in vocabulary gene order.
+
+    ``rows(indices)`` returns a dense int32 array (len(indices), n_vocab_genes). Unobserved genes
+    hold 0 there; ``observed`` says which genes carry real measurements.
+    """
+
+    def __init__(self, adata: ad.AnnData, alignment: GeneAlignment):
+        self.adata = adata
+        self.alignment = alignment
+        self.observed = alignment.observed
+        self.backed = bool(adata.isbacked)
+
+    @property
+    def n_cells(self) -> int:
+        return self.adata.n_obs
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        # h5py needs increasing indices: read sorted, then restore the requested order.
+        order = np.argsort(indices, kind="stable")
+        sorted_rows = self.adata.X[indices[order]]
+        block = sp.csr_matrix(sorted_rows) if not isinstance(sorted_rows, np.ndarray) else sorted_rows
+        dense = np.zeros((len(indices), len(self.alignment.columns)), dtype=np.int32)
+        observed = self.observed
+        picked = block[:, self.alignment.columns[observed]]
+        picked = picked.toarray() if sp.issparse(picked) else np.asarray(picked)
+        dense[np.ix_(order, np.flatnonzero(observed))] = picked
+        return dense
+
+    def iter_batches(self, batch_size: int, seed: int, start_step: int = 0):
+        """Yield ``(step, cell_indices, counts)`` forever, epoch after epoch, from ``start_step``."""
+        per_epoch = max(self.n_cells // batch_size, 1)
+        block = 64 if self.backed else 1
+        step = start_step
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            order = epoch_order(self.n_cells, seed, epoch, block)
+            for batch_index in range(offset, per_epoch):
+                idx = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                if len(idx) < batch_size:  # fewer cells than one batch: sample with replacement
+                    idx = np.resize(order, batch_size)
+                yield step, idx, self.rows(idx)
+                step += 1

@@ -1,0 +1,1 @@
+"""Inference layer: turn a checkpoint into AnnData of generated cells."""

@@ -1,0 +1,1 @@
+"""Pure-torch model layer: the mask predictor, the masked-diffusion loss and the sampler."""

@@ -1,0 +1,165 @@
+"""Masked discrete diffusion: the training loss and the iterative unmasking sampler (§6, §7).
+
+Loss (per cell b with L_b observed genes, mask level t_b ~ U(t_min, 1)):
+    loss_b = (1 / (t_b * L_b)) * sum_{masked observed genes i} -log p(x0_i | x_t, c)
+and the batch loss is the mean over cells. Dividing by L_b (not by the number of masked genes)
+follows LLaDA and makes the expectation over t equal to the mean per-gene cross-entropy, in nats,
+so it is comparable across datasets with different numbers of measured genes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lingshu.data.tokenizer import MASK_TOKEN
+from lingshu.model.transformer import MaskPredictor
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    n_masked: int
+    mean_t: float
+
+
+def sample_mask_levels(batch_size: int, t_min: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Stratified (low-discrepancy) draws of t in [t_min, 1]: lower variance than i.i.d. U(0,1)."""
+    offset = torch.rand(1, generator=generator).item()
+    u = (offset + torch.arange(batch_size, dtype=torch.float32) / batch_size) % 1.0
+    u = u[torch.randperm(batch_size, generator=generator)]
+    return (t_min + (1 - t_min) * u).to(device)
+
+
+def masked_diffusion_loss(
+    model: MaskPredictor,
+    tokens: torch.Tensor,
+    observed: torch.Tensor,
+    generator: torch.Generator,
+    conditions: torch.Tensor | None = None,
+    t_min: float = 1e-3,
+    t: torch.Tensor | None = None,
+    draws: torch.Tensor | None = None,
+) -> LossOutput:
+    """The 1/t-weighted masked cross-entropy; only masked *observed* genes carry a target.
+
+    ``observed`` is (G,) or (B, G) boolean. Unobserved genes are fed as [MASK] and never scored.
+    ``t`` (B,) and ``draws`` (B, G) uniform numbers may be given to fix the masks (else drawn).
+    """
+    b, g = tokens.shape
+    observed = observed.expand(b, g) if observed.dim() == 1 else observed
+    if t is None:
+        t = sample_mask_levels(b, t_min, generator, tokens.device)
+    if draws is None:
+        draws = torch.rand(b, g, generator=generator).to(tokens.device)
+    masked = (draws < t[:, None]) & observed
+    inputs = torch.where(masked | ~observed, torch.full_like(tokens, MASK_TOKEN), tokens)
+    # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
+    permutation = model.permutation
+    logits = model.permuted_logits(model.encode(inputs, conditions)).float()
+    nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
+    weights = masked[:, permutation] / (t[:, None] * observed.sum(1, keepdim=True).clamp_min(1))
+    loss = (nll.view(b, g) * weights).sum() / b
+    return LossOutput(loss=loss, n_masked=int(masked.sum()), mean_t=float(t.mean()))
+
+
+def cosine_reveal_counts(n_positions: int, n_steps: int) -> list[int]:
+    """How many masked positions to reveal at each of ``n_steps`` steps (sums to n_positions).
+
+    After step n the masked fraction is cos(pi/2 * n / N) (MaskGIT's cosine schedule), so early
+    steps reveal few tokens and later steps many.
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    remaining = [round(n_positions * math.cos(math.pi / 2 * n / n_steps)) for n in range(n_steps + 1)]
+    remaining[-1] = 0
+    return [remaining[n] - remaining[n + 1] for n in range(n_steps)]
+
+
+def guided_logits(conditional: torch.Tensor, control: torch.Tensor | None, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: l(c_ctrl) + (w + 1) * (l(c) - l(c_ctrl)); w = 0 returns l(c)."""
+    if guidance == 0 or control is None:
+        return conditional
+    return control + (guidance + 1.0) * (conditional - control)
+
+
+def _reveal_step_of_each_position(
+    free: torch.Tensor, n_steps: int, generator: torch.Generator
+) -> torch.Tensor:
+    """For each cell, assign every free position the step that reveals it (-1 for fixed ones).
+
+    Positions are taken in a uniformly random order; step n reveals the next
+    ``cosine_reveal_counts(n_free, N)[n]`` of them, which is the same as choosing that many masked
+    positions uniformly at random at each step.
+    """
+    b, g = free.shape
+    scores = torch.rand(b, g, generator=generator).to(free.device)
+    scores = torch.where(free, scores, torch.full_like(scores, 2.0))  # fixed positions sort last
+    rank = torch.argsort(torch.argsort(scores, dim=1), dim=1)
+    step_of = torch.full((b, g), -1, dtype=torch.long, device=free.device)
+    for n_free in free.sum(1).unique().tolist():
+        cells = free.sum(1) == n_free
+        bounds = torch.tensor(
+            [0, *torch.tensor(cosine_reveal_counts(n_free, n_steps)).cumsum(0).tolist()],
+            device=free.device,
+        )
+        steps = torch.bucketize(rank[cells], bounds[1:], right=True)
+        step_of[cells] = torch.where(free[cells], steps, torch.full_like(steps, -1))
+    return step_of
+
+
+def sample_categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One exact draw per row from softmax(logits) by inverting the CDF with a single uniform.
+
+    Cheaper than Gumbel-max (one random number per row instead of one per class) and
+    reproducible under ``generator``.
+    """
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum_(-1)
+    u = torch.rand(logits.shape[0], 1, generator=generator).to(logits.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: MaskPredictor,
+    n_cells: int,
+    n_steps: int,
+    generator: torch.Generator,
+    conditions: torch.Tensor | None = None,
+    control_conditions: torch.Tensor | None = None,
+    guidance: float = 0.0,
+    prefill: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Generate (n_cells, G) expression tokens by iterative unmasking.
+
+    Start fully masked (except ``prefill`` positions holding a token id >= 0, which are fixed and
+    never re-masked); at each step reveal the scheduled number of random masked positions by
+    sampling from the predicted categorical (no temperature, no top-k). With ``guidance > 0`` the
+    model is run under ``conditions`` and ``control_conditions`` in one doubled batch.
+    """
+    g = model.config.n_genes
+    tokens = torch.full((n_cells, g), MASK_TOKEN, dtype=torch.long, device=device)
+    if prefill is not None:
+        tokens = torch.where(prefill >= 0, prefill.to(device), tokens)
+    step_of = _reveal_step_of_each_position(tokens == MASK_TOKEN, n_steps, generator)
+    use_guidance = guidance != 0 and control_conditions is not None
+    for step in range(n_steps):
+        reveal = step_of == step
+        if not reveal.any():
+            continue
+        cells, genes = reveal.nonzero(as_tuple=True)
+        if use_guidance:
+            hidden = model.encode(torch.cat([tokens, tokens]), torch.cat([conditions, control_conditions]))
+            logits = guided_logits(
+                model.logits_at(hidden, cells, genes).float(),
+                model.logits_at(hidden, cells + n_cells, genes).float(),
+                guidance,
+            )
+        else:
+            logits = model.logits_at(model.encode(tokens, conditions), cells, genes).float()
+        tokens[cells, genes] = sample_categorical(logits, generator)
+    return tokens

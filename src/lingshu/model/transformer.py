@@ -1,0 +1,245 @@
+"""Bidirectional LLaMA-style mask predictor with sequence compression (Lingshu-Cell §1, §3).
+
+Gene tokens -> shared token embedding (+ gene identity) -> fixed random permutation -> groups of S
+genes flattened and projected S*D -> D -> [condition tokens ; compressed genes] -> pre-norm blocks
+(RMSNorm, RoPE multi-head attention via SDPA, SwiGLU; no biases, no causal mask) -> final RMSNorm
+-> D -> S*D up-projection -> inverse permutation -> per-gene head over the 281 expression tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lingshu.config import ModelConfig
+from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, N_EXPRESSION_TOKENS
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a learned gain (computed in float32 for stability)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight).type_as(x)
+
+
+def rotary_tables(length: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (length, head_dim/2) for rotary position embeddings."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (even, odd) of the last dimension of x (B, H, T, hd)."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return rotated.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # SDPA picks the flash / memory-efficient kernel when the device supports it.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class MaskPredictor(nn.Module):
+    """Predicts a categorical over expression tokens for every gene of a partly masked cell."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.n_genes < 1:
+            raise ValueError("ModelConfig.n_genes must be set from the gene vocabulary")
+        self.config = config
+        d, s, g = config.d_model, config.patch_size, config.n_genes
+        self.n_groups = math.ceil(g / s)
+        self.token_embedding = nn.Embedding(FIRST_CONDITION_TOKEN + config.n_condition_tokens, d)
+        self.gene_embedding = nn.Parameter(torch.zeros(g, d)) if config.gene_embedding else None
+        # The permutation is drawn once from its own seed and saved with the weights (a buffer).
+        generator = torch.Generator().manual_seed(config.permutation_seed)
+        permutation = torch.randperm(g, generator=generator)
+        self.register_buffer("permutation", permutation, persistent=True)
+        self.register_buffer("inverse_permutation", torch.argsort(permutation), persistent=True)
+        self.compress = nn.Linear(s * d, d, bias=False) if s > 1 else nn.Identity()
+        self.decompress = nn.Linear(d, s * d, bias=False) if s > 1 else nn.Identity()
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = RMSNorm(d, config.norm_eps)
+        self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
+        self.gradient_checkpointing = False
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        if self.gene_embedding is not None:
+            nn.init.normal_(self.gene_embedding, std=0.02)
+        # GPT-2 style: shrink residual-branch outputs with depth.
+        for block in self.blocks:
+            for linear in (block.attn.out, block.mlp.down):
+                nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+
+    def _slot_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings pushed through each slot's block of the compression matrix.
+
+        Compression is linear, so W_down @ concat_s(E[tok_s] + gene_s) equals
+        sum_s (W_down_s E)[tok_s] + sum_s W_down_s gene_s. Precomputing the small (S, V, D) table
+        and the per-group constant avoids materialising a (batch, genes, D) tensor.
+        Returns the flattened table (S * (V + 1), D), whose last row per slot is zero (padding),
+        and the per-group constant (n_groups, D).
+        """
+        d, s = self.config.d_model, self.config.patch_size
+        embedding = self.token_embedding.weight[:FIRST_CONDITION_TOKEN]
+        genes = (
+            self.gene_embedding
+            if self.gene_embedding is not None
+            else embedding.new_zeros(self.config.n_genes, d)
+        )
+        genes = F.pad(genes[self.permutation], (0, 0, 0, self.n_groups * s - self.config.n_genes))
+        genes = genes.view(self.n_groups, s, d)
+        if s == 1:
+            table, constant = embedding[None], genes[:, 0]
+        else:
+            blocks = self.compress.weight.view(d, s, d)  # (out, slot, in)
+            table = torch.einsum("vi,osi->svo", embedding, blocks)
+            constant = torch.einsum("jsi,osi->jo", genes, blocks)
+        table = F.pad(table, (0, 0, 0, 1))  # one zero row per slot for padded positions
+        return table.reshape(-1, d), constant
+
+    def encode(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states of the compressed gene groups, (B, n_groups, D), after the final norm.
+
+        ``tokens``: (B, G) ids in 0..281 (expression tokens or [MASK]).
+        ``conditions``: (B, C) condition indices 0..n_condition_tokens-1, or None.
+        """
+        b, g = tokens.shape
+        d, s = self.config.d_model, self.config.patch_size
+        table, constant = self._slot_tables()
+        rows = FIRST_CONDITION_TOKEN + 1
+        permuted = F.pad(tokens[:, self.permutation], (0, self.n_groups * s - g), value=rows - 1)
+        index = permuted.view(b * self.n_groups, s) + torch.arange(s, device=tokens.device) * rows
+        x = F.embedding_bag(index, table, mode="sum").view(b, self.n_groups, d) + constant
+        n_cond = 0
+        if conditions is not None and conditions.shape[1] > 0:
+            n_cond = conditions.shape[1]
+            x = torch.cat([self.token_embedding(conditions + FIRST_CONDITION_TOKEN), x], dim=1)
+        cos, sin = rotary_tables(x.shape[1], d // self.config.n_heads, self.config.rope_base, x.device)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
+        return self.final_norm(x[:, n_cond:])
+
+    def logits_at(self, hidden: torch.Tensor, cells: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+        """Expression-token logits (M, 281) for the (cell, gene) pairs given as index vectors.
+
+        Decompression, the gene embedding and the head are linear, so the logits of gene g in
+        slot s of group j are (head @ W_up_s) h_j + head @ gene_g: one small matmul per slot on
+        the requested positions only, instead of decompressing every gene.
+        """
+        d, s = self.config.d_model, self.config.patch_size
+        position = self.inverse_permutation[genes]
+        group, slot = position // s, position % s
+        states = hidden[cells, group]
+        head = self.head.weight
+        # Per-gene offsets head @ gene_g, gathered once, enter each matmul through addmm.
+        if self.gene_embedding is not None:
+            offsets = (self.gene_embedding @ head.T)[genes]
+        else:
+            offsets = states.new_zeros(len(genes), head.shape[0])
+        if s == 1:
+            return torch.addmm(offsets, states, head.T)
+        per_slot = torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
+        order = torch.argsort(slot)
+        sizes = torch.bincount(slot, minlength=s).tolist()
+        pieces = zip(torch.split(states[order], sizes), torch.split(offsets[order], sizes))
+        sorted_logits = torch.cat(
+            [torch.addmm(off, part, per_slot[k].T) for k, (part, off) in enumerate(pieces)]
+        )
+        logits = torch.empty_like(sorted_logits).index_copy(0, order, sorted_logits)
+        return logits
+
+    def permuted_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every gene, (B, G, 281), in *permuted* gene order (gene ``permutation[i]``
+        at position i), as a few large matmuls: the training path, where most positions count.
+        """
+        b = hidden.shape[0]
+        d, s = self.config.d_model, self.config.patch_size
+        head = self.head.weight
+        weights = (
+            head[None] if s == 1 else torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
+        )
+        logits = torch.einsum("bjd,svd->bjsv", hidden, weights).reshape(b, self.n_groups * s, -1)
+        logits = logits[:, : self.config.n_genes]
+        if self.gene_embedding is not None:
+            logits = logits + (self.gene_embedding[self.permutation] @ head.T)
+        return logits
+
+    def forward(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, G, 281) for every gene (for tests and small models; training and sampling
+        ask ``logits_at`` for the positions they need)."""
+        b, g = tokens.shape
+        hidden = self.encode(tokens, conditions)
+        cells = torch.arange(b, device=tokens.device).repeat_interleave(g)
+        genes = torch.arange(g, device=tokens.device).repeat(b)
+        return self.logits_at(hidden, cells, genes).view(b, g, -1)
+
+    def block_parameter_count(self) -> int:
+        """Parameters of the transformer blocks and final norm (the paper's ~85M for `paper`)."""
+        return sum(p.numel() for p in self.blocks.parameters()) + self.config.d_model
+
+    def flops_per_cell(self, training: bool = True) -> float:
+        """Approximate matmul FLOPs for one cell (x3 for forward+backward when ``training``)."""
+        c = self.config
+        t = self.n_groups + c.n_condition_slots
+        per_block = 2 * t * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff) + 4 * t * t * c.d_model
+        compression = 2 * 2 * self.n_groups * c.patch_size * c.d_model**2 if c.patch_size > 1 else 0
+        head = 2 * c.n_genes * c.d_model * N_EXPRESSION_TOKENS
+        forward = c.n_layers * per_block + compression + head
+        return float(forward * (3 if training else 1))

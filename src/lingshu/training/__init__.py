@@ -1,0 +1,1 @@
+"""Training layer: optimisation loop, EMA, learning-rate schedule and checkpoints."""

@@ -1,0 +1,134 @@
+"""Self-describing checkpoint directories, written atomically.
+
+Layout of a checkpoint directory::
+
+    manifest.json        package/torch version, step, data fingerprint, file list
+    config.json          model and training configuration
+    vocabulary.json      gene symbols (and Ensembl ids) in model order
+    conditions.json      condition label <-> id maps (empty for unconditional models)
+    permutation.npy      the fixed random gene permutation of sequence compression
+    model.pt, ema.pt     weights and their power-function EMA
+    optimizer.pt         AdamW state (for --resume)
+    train_log.jsonl      loss / learning rate / throughput per logged step
+
+Everything is written into a sibling temporary directory which then replaces the old checkpoint
+with renames, so a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lingshu
+from lingshu.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from lingshu.data.vocabulary import GeneVocabulary
+from lingshu.model.transformer import MaskPredictor
+
+REQUIRED_FILES = ("manifest.json", "config.json", "vocabulary.json", "model.pt", "ema.pt")
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint directory holds, loaded into memory."""
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    vocabulary: GeneVocabulary
+    model_state: dict
+    ema_state: dict
+    conditions: dict = field(default_factory=dict)
+    optimizer_state: dict | None = None
+    step: int = 0
+    data_fingerprint: str = ""
+    log: list[dict] = field(default_factory=list)
+
+    def build_model(self, use_ema: bool = True) -> MaskPredictor:
+        """A MaskPredictor with the EMA weights (used for sampling) or the raw weights."""
+        model = MaskPredictor(self.model_config)
+        model.load_state_dict(self.ema_state["model"] if use_ema else self.model_state)
+        return model.eval()
+
+
+def save_checkpoint(checkpoint: Checkpoint, directory: Path) -> None:
+    """Write ``checkpoint`` to ``directory`` atomically (replacing any previous one)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        _write_json(
+            tmp / "config.json",
+            {
+                "model": config_to_dict(checkpoint.model_config),
+                "train": config_to_dict(checkpoint.train_config),
+            },
+        )
+        _write_json(tmp / "vocabulary.json", checkpoint.vocabulary.to_dict())
+        _write_json(tmp / "conditions.json", checkpoint.conditions)
+        np.save(tmp / "permutation.npy", checkpoint.model_state["permutation"].cpu().numpy())
+        torch.save(checkpoint.model_state, tmp / "model.pt")
+        torch.save(checkpoint.ema_state, tmp / "ema.pt")
+        if checkpoint.optimizer_state is not None:
+            torch.save(checkpoint.optimizer_state, tmp / "optimizer.pt")
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in checkpoint.log))
+        _write_json(
+            tmp / "manifest.json",
+            {
+                "format": "lingshu-checkpoint/1",
+                "package_version": lingshu.__version__,
+                "torch_version": torch.__version__,
+                "step": checkpoint.step,
+                "data_fingerprint": checkpoint.data_fingerprint,
+                "n_genes": len(checkpoint.vocabulary),
+                "files": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
+            },
+        )
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint:
+    """Read a checkpoint directory, with a clear error when it is not one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a lingshu checkpoint (missing {', '.join(missing)})")
+    config = json.loads((directory / "config.json").read_text())
+    manifest = json.loads((directory / "manifest.json").read_text())
+    log_path = directory / "train_log.jsonl"
+    conditions_path = directory / "conditions.json"
+    optimizer_path = directory / "optimizer.pt"
+    return Checkpoint(
+        model_config=config_from_dict(ModelConfig, config["model"]),
+        train_config=config_from_dict(TrainConfig, config["train"]),
+        vocabulary=GeneVocabulary.from_dict(json.loads((directory / "vocabulary.json").read_text())),
+        model_state=torch.load(directory / "model.pt", map_location="cpu", weights_only=True),
+        ema_state=torch.load(directory / "ema.pt", map_location="cpu", weights_only=True),
+        conditions=json.loads(conditions_path.read_text()) if conditions_path.is_file() else {},
+        optimizer_state=(
+            torch.load(optimizer_path, map_location="cpu", weights_only=True)
+            if with_optimizer and optimizer_path.is_file()
+            else None
+        ),
+        step=int(manifest["step"]),
+        data_fingerprint=manifest.get("data_fingerprint", ""),
+        log=[json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else [],
+    )
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1) + "\n")

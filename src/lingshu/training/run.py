@@ -1,0 +1,105 @@
+"""AnnData-aware training entry point: vocabulary, configuration, checkpoints, resume."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from lingshu.config import ModelConfig, TrainConfig, get_preset
+from lingshu.data.loader import AlignedCounts
+from lingshu.data.validation import iter_row_chunks
+from lingshu.data.vocabulary import GeneVocabulary
+from lingshu.model.transformer import MaskPredictor
+from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lingshu.training.trainer import Trainer
+
+
+def data_fingerprint(adata: ad.AnnData) -> str:
+    """SHA-256 over cell names, gene names and the count matrix (read in row chunks)."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(map(str, adata.obs_names)).encode())
+    digest.update("\n".join(map(str, adata.var_names)).encode())
+    for chunk in iter_row_chunks(adata.X, 4096):
+        block = sp.csr_matrix(chunk)
+        for array in (block.indptr, block.indices, block.data.astype(np.int64)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(
+    adata: ad.AnnData,
+    out_dir: str | Path,
+    preset: str = "small",
+    model_overrides: dict | None = None,
+    train_overrides: dict | None = None,
+    vocabulary: GeneVocabulary | None = None,
+    min_cells: int = 1,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Checkpoint:
+    """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
+
+    With ``resume=True`` training continues from the checkpoint in ``out_dir`` (same data
+    required) up to the configured ``max_steps``; on CPU the result equals an uninterrupted run.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device) if device is not None else default_device()
+    fingerprint = data_fingerprint(adata)
+    if resume:
+        previous = load_checkpoint(out_dir, with_optimizer=True)
+        if previous.data_fingerprint != fingerprint:
+            raise ValueError(f"--resume: the data differ from those {out_dir} was trained on")
+        vocabulary = previous.vocabulary
+        model_config = previous.model_config
+        train_config = replace(previous.train_config, **(train_overrides or {}))
+    else:
+        if (out_dir / "manifest.json").exists():
+            raise FileExistsError(f"{out_dir} already holds a checkpoint; pass --resume or another --out")
+        chosen = get_preset(preset)
+        vocabulary = vocabulary or GeneVocabulary.from_adata(adata, min_cells=min_cells)
+        model_config: ModelConfig = replace(chosen.model, n_genes=len(vocabulary), **(model_overrides or {}))
+        train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
+    alignment = vocabulary.align(adata)
+    print(alignment.report())
+    torch.manual_seed(train_config.seed)
+    trainer = Trainer(MaskPredictor(model_config), train_config, device)
+    if resume:
+        trainer.model.load_state_dict(previous.model_state)
+        trainer.ema.load_state_dict(previous.ema_state)
+        if previous.optimizer_state is not None:
+            trainer.optimizer.load_state_dict(previous.optimizer_state)
+        trainer.step, trainer.log = previous.step, list(previous.log)
+
+    def snapshot(current: Trainer) -> Checkpoint:
+        return Checkpoint(
+            model_config=model_config,
+            train_config=train_config,
+            vocabulary=vocabulary,
+            model_state={k: v.detach().cpu() for k, v in current.model.state_dict().items()},
+            ema_state=current.ema.state_dict(),
+            optimizer_state=current.optimizer.state_dict(),
+            step=current.step,
+            data_fingerprint=fingerprint,
+            log=current.log,
+        )
+
+    trainer.run(
+        AlignedCounts(adata, alignment),
+        on_checkpoint=lambda current: save_checkpoint(snapshot(current), out_dir),
+        progress=progress,
+    )
+    final = snapshot(trainer)
+    if not (out_dir / "manifest.json").exists() or load_checkpoint(out_dir).step != trainer.step:
+        save_checkpoint(final, out_dir)
+    return final

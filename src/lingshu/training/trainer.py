@@ -1,0 +1,165 @@
+"""The optimisation loop: AdamW, warm-up + cosine LR, gradient clipping, EMA, checkpoints.
+
+Every source of randomness at optimisation step k (which cells, which mask levels, which genes
+are masked) is drawn from generators seeded by (seed, k), so a run resumed from a checkpoint at
+step k continues bit-for-bit like the uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lingshu.config import TrainConfig
+from lingshu.data.loader import AlignedCounts
+from lingshu.data.tokenizer import encode_counts
+from lingshu.model.diffusion import masked_diffusion_loss, sample_mask_levels
+from lingshu.model.transformer import MaskPredictor
+from lingshu.training.ema import PowerEMA
+from lingshu.training.schedule import learning_rate
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator for optimisation step ``step`` of a run seeded with ``seed``."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+def make_optimizer(model: MaskPredictor, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms' gains); fused on CUDA."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.peak_lr,
+        betas=config.betas,
+        fused=device.type == "cuda",
+    )
+
+
+@dataclass
+class TrainingBatch:
+    tokens: torch.Tensor
+    observed: torch.Tensor
+    conditions: torch.Tensor | None
+
+
+def make_batch(
+    counts: np.ndarray, observed: np.ndarray, conditions: np.ndarray | None, device
+) -> TrainingBatch:
+    """Tokenise a dense count block and move it to ``device``."""
+    return TrainingBatch(
+        tokens=torch.from_numpy(encode_counts(counts)).to(device),
+        observed=torch.from_numpy(observed).to(device),
+        conditions=None if conditions is None else torch.from_numpy(conditions).long().to(device),
+    )
+
+
+class Trainer:
+    """Owns the model, its EMA and the optimizer; ``run`` trains up to ``max_steps``."""
+
+    def __init__(self, model: MaskPredictor, config: TrainConfig, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).train()
+        self.config = config
+        self.ema = PowerEMA(self.model, config.ema_sigma_rel)
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.step = 0
+        self.log: list[dict] = []
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: TrainingBatch, generator: torch.Generator) -> float:
+        """One optimisation step over a global batch, accumulated over micro-batches."""
+        config = self.config
+        lr = learning_rate(self.step, config.peak_lr, config.min_lr, config.warmup_steps, config.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        size = batch.tokens.shape[0]
+        micro = config.micro_batch_size or size
+        self.optimizer.zero_grad(set_to_none=True)
+        # Mask levels and mask draws for the whole global batch first, so that gradient
+        # accumulation over micro-batches sees exactly the masks of one big batch.
+        t = sample_mask_levels(size, config.t_min, generator, self.device)
+        draws = torch.rand(batch.tokens.shape, generator=generator).to(self.device)
+        total = 0.0
+        for start in range(0, size, micro):
+            part = slice(start, start + micro)
+            with self.autocast():
+                out = masked_diffusion_loss(
+                    self.model,
+                    batch.tokens[part],
+                    batch.observed,
+                    generator,
+                    None if batch.conditions is None else batch.conditions[part],
+                    config.t_min,
+                    t=t[part],
+                    draws=draws[part],
+                )
+            weight = batch.tokens[part].shape[0] / size
+            (out.loss * weight).backward()
+            total += float(out.loss.detach()) * weight
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return total
+
+    def run(
+        self,
+        data: AlignedCounts,
+        conditions: np.ndarray | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Train from ``self.step`` to ``config.max_steps``, calling ``on_checkpoint`` periodically."""
+        config = self.config
+        if self.step >= config.max_steps:
+            return
+        batches = data.iter_batches(config.batch_size, config.seed, start_step=self.step)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            disable=not progress,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        started, cells = time.perf_counter(), 0
+        for step, indices, counts in batches:
+            if step >= config.max_steps:
+                break
+            batch = make_batch(
+                counts,
+                data.observed,
+                None if conditions is None else conditions[indices],
+                self.device,
+            )
+            loss = self.train_step(batch, step_generator(config.seed, step))
+            cells += len(indices)
+            rate = cells / max(time.perf_counter() - started, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", cells_per_s=f"{rate:.1f}")
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                self.log.append(
+                    {
+                        "step": self.step,
+                        "loss": loss,
+                        "cells_per_s": rate,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                    }
+                )
+            if on_checkpoint and (self.step % config.checkpoint_every == 0 or self.step == config.max_steps):
+                on_checkpoint(self)
+        bar.close()

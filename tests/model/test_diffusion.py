@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lingshu.config import ModelConfig
+from lingshu.data.tokenizer import MASK_TOKEN
+from lingshu.model.diffusion import (
+    _reveal_step_of_each_position,
+    cosine_reveal_counts,
+    guided_logits,
+    masked_diffusion_loss,
+    sample_categorical,
+    sample_tokens,
+)
+from lingshu.model.transformer import MaskPredictor
+
+
+def _model(n_genes=30, n_condition_tokens=0, patch_size=4) -> MaskPredictor:
+    torch.manual_seed(0)
+    return MaskPredictor(
+        ModelConfig(
+            n_genes=n_genes,
+            n_condition_tokens=n_condition_tokens,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            d_ff=64,
+            patch_size=patch_size,
+        )
+    ).eval()
+
+
+def test_loss_scores_only_masked_observed_genes_weighted_by_one_over_t():
+    model = _model()
+    tokens = torch.randint(0, 20, (4, 30))
+    observed = torch.ones(30, dtype=torch.bool)
+    observed[[3, 17]] = False
+    t = torch.tensor([0.2, 0.5, 0.7, 0.9])
+    draws = torch.rand(4, 30, generator=torch.Generator().manual_seed(1))
+    out = masked_diffusion_loss(model, tokens, observed, torch.Generator(), t=t, draws=draws)
+
+    masked = (draws < t[:, None]) & observed
+    inputs = torch.where(masked | ~observed, MASK_TOKEN, tokens)
+    with torch.no_grad():
+        nll = F.cross_entropy(model(inputs).transpose(1, 2), tokens, reduction="none")
+    expected = ((nll * masked).sum(1) / (t * observed.sum())).mean()
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert out.n_masked == int(masked.sum())
+
+    # Values at unobserved genes are never seen nor scored: changing them changes nothing.
+    altered = tokens.clone()
+    altered[:, [3, 17]] = 99
+    again = masked_diffusion_loss(model, altered, observed, torch.Generator(), t=t, draws=draws)
+    assert torch.equal(out.loss, again.loss)
+
+
+def test_loss_is_zero_when_nothing_is_masked():
+    model = _model()
+    tokens = torch.randint(0, 20, (2, 30))
+    out = masked_diffusion_loss(
+        model,
+        tokens,
+        torch.ones(30, dtype=torch.bool),
+        torch.Generator(),
+        t=torch.tensor([0.5, 0.5]),
+        draws=torch.ones(2, 30),
+    )
+    assert out.loss.item() == 0 and out.n_masked == 0
+
+
+@pytest.mark.parametrize(("n", "steps"), [(30, 1), (30, 3), (1000, 7), (5, 16), (18_080, 256)])
+def test_cosine_schedule_reveals_everything_and_accelerates(n, steps):
+    counts = cosine_reveal_counts(n, steps)
+    assert len(counts) == steps and sum(counts) == n and min(counts) >= 0
+    if n >= 1000:
+        assert counts[0] < counts[-1]  # cosine: few early, many late
+        assert abs(counts[0] - n * (1 - math.cos(math.pi / 2 / steps))) <= 1
+
+
+def test_every_free_position_is_revealed_exactly_once():
+    free = torch.ones(3, 50, dtype=torch.bool)
+    free[1, :10] = False  # a prefilled cell
+    step_of = _reveal_step_of_each_position(free, 6, torch.Generator().manual_seed(0))
+    assert (step_of[~free] == -1).all()
+    assert ((step_of[free] >= 0) & (step_of[free] < 6)).all()
+    for cell in range(3):
+        per_step = torch.bincount(step_of[cell][free[cell]], minlength=6).tolist()
+        assert per_step == cosine_reveal_counts(int(free[cell].sum()), 6)
+
+
+def test_sampler_fills_every_position_and_keeps_prefilled_tokens():
+    model = _model()
+    prefill = torch.full((2, 30), -1)
+    prefill[:, [0, 5]] = 1
+    tokens = sample_tokens(model, 2, 4, torch.Generator().manual_seed(0), prefill=prefill)
+    assert tokens.shape == (2, 30)
+    assert ((tokens >= 0) & (tokens < MASK_TOKEN)).all()
+    assert (tokens[:, [0, 5]] == 1).all()
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    model = _model()
+    a = sample_tokens(model, 3, 5, torch.Generator().manual_seed(7))
+    b = sample_tokens(model, 3, 5, torch.Generator().manual_seed(7))
+    c = sample_tokens(model, 3, 5, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_zero_is_exactly_the_conditional_logits():
+    conditional, control = torch.randn(5, 281), torch.randn(5, 281)
+    assert torch.equal(guided_logits(conditional, control, 0.0), conditional)
+    torch.testing.assert_close(
+        guided_logits(conditional, control, 2.0), control + 3 * (conditional - control)
+    )
+
+
+def test_guided_sampling_with_w0_equals_conditional_sampling():
+    model = _model(n_condition_tokens=3)
+    cond, ctrl = torch.tensor([[1], [2]]), torch.tensor([[0], [0]])
+    plain = sample_tokens(model, 2, 3, torch.Generator().manual_seed(0), conditions=cond)
+    guided = sample_tokens(
+        model,
+        2,
+        3,
+        torch.Generator().manual_seed(0),
+        conditions=cond,
+        control_conditions=ctrl,
+        guidance=0.0,
+    )
+    assert torch.equal(plain, guided)
+
+
+def test_categorical_sampler_matches_the_softmax_frequencies():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).repeat(20_000, 1)
+    draws = sample_categorical(logits, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=3).float() / len(draws)
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.6, 0.3]), atol=0.015, rtol=0)

@@ -1,0 +1,90 @@
+import torch
+import torch.nn.functional as F
+
+from lingshu.config import ModelConfig, get_preset, replace
+from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, MASK_TOKEN
+from lingshu.model.transformer import MaskPredictor
+
+
+def _tiny(n_genes=37, patch_size=8, **kw) -> MaskPredictor:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        n_genes=n_genes, d_model=32, n_layers=2, n_heads=4, d_ff=64, patch_size=patch_size, **kw
+    )
+    return MaskPredictor(config).eval()
+
+
+def _naive_forward(model: MaskPredictor, tokens, conditions=None):
+    """The architecture written out step by step: embed, permute, flatten groups, project, blocks,
+    project back, un-permute, head. The fast path must give the same logits."""
+    c = model.config
+    b, g = tokens.shape
+    x = model.token_embedding(tokens) + model.gene_embedding
+    x = x[:, model.permutation]
+    x = F.pad(x, (0, 0, 0, model.n_groups * c.patch_size - g))
+    x = model.compress(x.reshape(b, model.n_groups, c.patch_size * c.d_model))
+    n_cond = 0
+    if conditions is not None:
+        n_cond = conditions.shape[1]
+        x = torch.cat([model.token_embedding(conditions + FIRST_CONDITION_TOKEN), x], 1)
+    from lingshu.model.transformer import rotary_tables
+
+    cos, sin = rotary_tables(x.shape[1], c.d_model // c.n_heads, c.rope_base, "cpu")
+    for block in model.blocks:
+        x = block(x, cos, sin)
+    x = model.final_norm(x[:, n_cond:])
+    x = model.decompress(x).reshape(b, -1, c.d_model)[:, :g][:, model.inverse_permutation]
+    return model.head(x + model.gene_embedding)
+
+
+def test_fast_compression_path_equals_the_naive_architecture():
+    for patch_size in (1, 4, 8):
+        model = _tiny(patch_size=patch_size, n_condition_tokens=3)
+        tokens = torch.randint(0, MASK_TOKEN + 1, (3, 37))
+        conditions = torch.tensor([[0, 2], [1, 2], [2, 0]])
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model(tokens, conditions),
+                _naive_forward(model, tokens, conditions),
+                rtol=1e-4,
+                atol=1e-5,
+            )
+
+
+def test_output_has_one_distribution_per_gene_and_ignores_padding():
+    model = _tiny(n_genes=37, patch_size=8)  # 37 genes -> 5 groups, 3 padded slots
+    logits = model(torch.randint(0, 281, (2, 37)))
+    assert logits.shape == (2, 37, 281)
+    assert torch.isfinite(logits).all()
+
+
+def test_model_is_bidirectional_every_gene_sees_every_other():
+    model = _tiny(n_genes=64, patch_size=1)
+    tokens = torch.zeros(1, 64, dtype=torch.long)
+    changed = tokens.clone()
+    changed[0, -1] = 50  # change the last gene only
+    with torch.no_grad():
+        delta = (model(tokens) - model(changed)).abs().sum(-1)[0]
+    assert (delta[:-1] > 0).all()  # no causal mask: earlier genes react too
+
+
+def test_permutation_is_fixed_by_seed_and_a_true_permutation():
+    a, b = _tiny(permutation_seed=5), _tiny(permutation_seed=5)
+    assert torch.equal(a.permutation, b.permutation)
+    assert torch.equal(torch.sort(a.permutation).values, torch.arange(37))
+    assert not torch.equal(a.permutation, _tiny(permutation_seed=6).permutation)
+    assert torch.equal(a.permutation[a.inverse_permutation], torch.arange(37))
+
+
+def test_no_linear_layer_has_a_bias():
+    model = _tiny()
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_paper_preset_has_85m_block_parameters_plus_compression():
+    config = replace(get_preset("paper").model, n_genes=18_080)
+    model = MaskPredictor(config)
+    assert abs(model.block_parameter_count() - 85.2e6) / 85.2e6 < 0.01
+    compression = sum(p.numel() for p in (*model.compress.parameters(), *model.decompress.parameters()))
+    assert compression == 2 * 8 * 640 * 640
+    assert model.n_groups == 2_260

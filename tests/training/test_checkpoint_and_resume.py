@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+
+from lingshu.training.checkpoint import load_checkpoint, save_checkpoint
+from lingshu.training.run import train
+
+TINY = {"max_steps": 6, "batch_size": 8, "checkpoint_every": 3, "warmup_steps": 2}
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_is_self_describing(tmp_path, counts_adata):
+    result = train(counts_adata, tmp_path / "ckpt", preset="tiny", train_overrides=TINY, progress=False)
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {
+        "manifest.json",
+        "config.json",
+        "vocabulary.json",
+        "conditions.json",
+        "permutation.npy",
+        "model.pt",
+        "ema.pt",
+        "optimizer.pt",
+        "train_log.jsonl",
+    } <= files
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    assert manifest["step"] == 6 and len(manifest["data_fingerprint"]) == 64
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.vocabulary.genes == result.vocabulary.genes
+    assert _states_equal(loaded.model_state, result.model_state)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dirs left
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, counts_adata):
+    straight = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+    train(
+        counts_adata,
+        tmp_path / "b",
+        preset="tiny",
+        train_overrides={**TINY, "max_steps": 3},
+        progress=False,
+    )
+    resumed = train(
+        counts_adata,
+        tmp_path / "b",
+        preset="tiny",
+        train_overrides={"max_steps": 6},
+        resume=True,
+        progress=False,
+    )
+    assert resumed.step == straight.step == 6
+    assert _states_equal(resumed.model_state, straight.model_state)
+    assert _states_equal(resumed.ema_state["model"], straight.ema_state["model"])
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not(tmp_path, counts_adata):
+    a = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+    b = train(counts_adata, tmp_path / "b", preset="tiny", train_overrides=TINY, progress=False)
+    c = train(
+        counts_adata,
+        tmp_path / "c",
+        preset="tiny",
+        train_overrides={**TINY, "seed": 1},
+        progress=False,
+    )
+    assert _states_equal(a.model_state, b.model_state)
+    assert not _states_equal(a.model_state, c.model_state)
+
+
+def test_resume_refuses_other_data_and_overwrite_needs_resume(tmp_path, counts_adata):
+    train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+    other = counts_adata[:40].copy()
+    with pytest.raises(ValueError, match="data differ"):
+        train(other, tmp_path / "a", preset="tiny", resume=True, progress=False)
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, counts_adata, monkeypatch):
+    result = train(counts_adata, tmp_path / "ckpt", preset="tiny", train_overrides=TINY, progress=False)
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    result.step = 99
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(result, tmp_path / "ckpt")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
+    assert load_checkpoint(tmp_path / "ckpt").step == 6
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, counts_adata):
+    whole = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+    accumulated = train(
+        counts_adata,
+        tmp_path / "b",
+        preset="tiny",
+        train_overrides={**TINY, "micro_batch_size": 3},
+        progress=False,
+    )
+    for key, value in whole.model_state.items():
+        torch.testing.assert_close(accumulated.model_state[key], value, rtol=1e-4, atol=1e-5)
