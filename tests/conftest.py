@@ -33,7 +33,9 @@ def counts_adata() -> ad.AnnData:
 
 @pytest.fixture(scope="session")
 def pbmc3k_path():
+    """The shared pbmc3k file. Without it (a clone far from ../shared/data and no
+    LINGSHU_DATA_DIR) real-data tests are reported as skipped, never as passed."""
     try:
         return dataset_path("pbmc3k", download=False)
     except FileNotFoundError as error:
-        pytest.fail(f"real test data missing: {error}")
+        pytest.skip(f"real pbmc3k data not found: {error}")

@@ -34,12 +34,13 @@ def _naive_forward(model: MaskPredictor, tokens, conditions=None):
         x = block(x, cos, sin)
     x = model.final_norm(x[:, n_cond:])
     x = model.decompress(x).reshape(b, -1, c.d_model)[:, :g][:, model.inverse_permutation]
-    return model.head(x + model.gene_embedding)
+    return model.head(x + model.gene_embedding) + model.token_prior
 
 
 def test_fast_compression_path_equals_the_naive_architecture():
     for patch_size in (1, 4, 8):
         model = _tiny(patch_size=patch_size, n_condition_tokens=3)
+        model.init_token_prior(torch.rand(37, 281))
         tokens = torch.randint(0, MASK_TOKEN + 1, (3, 37))
         conditions = torch.tensor([[0, 2], [1, 2], [2, 0]])
         with torch.no_grad():
@@ -88,3 +89,15 @@ def test_paper_preset_has_85m_block_parameters_plus_compression():
     compression = sum(p.numel() for p in (*model.compress.parameters(), *model.decompress.parameters()))
     assert compression == 2 * 8 * 640 * 640
     assert model.n_groups == 2_260
+
+
+def test_token_prior_makes_the_untrained_model_predict_the_marginals():
+    model = _tiny(n_genes=37)
+    frequencies = torch.zeros(37, 281)
+    frequencies[:, 0] = torch.linspace(50, 95, 37)
+    frequencies[:, 1] = 100 - frequencies[:, 0]
+    model.init_token_prior(frequencies)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.full((1, 37), MASK_TOKEN)), -1)[0]
+    torch.testing.assert_close(probabilities[:, 0], frequencies[:, 0] / 100, atol=0.02, rtol=0)
+    assert probabilities[:, 100:].sum(-1).max() < 1e-4  # unseen high-count tokens get ~no mass

@@ -72,3 +72,10 @@ def split(
         f"wrote {out / 'train.h5ad'} ({train.n_obs} cells) and "
         f"{out / 'held_out.h5ad'} ({held_out.n_obs} cells)"
     )
+
+
+@data_app.command("count")
+@user_errors_as_messages
+def count(data: str = typer.Argument(..., help="An .h5ad file or a registered dataset name.")) -> None:
+    """Print the number of cells in a file (read backed, without loading the matrix)."""
+    typer.echo(str(read_counts(resolve_data(data), backed=True).n_obs))

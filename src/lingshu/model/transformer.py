@@ -108,6 +108,7 @@ class MaskPredictor(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
+        self.token_prior = nn.Parameter(torch.zeros(g, N_EXPRESSION_TOKENS)) if config.token_prior else None
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -123,6 +124,18 @@ class MaskPredictor(nn.Module):
         for block in self.blocks:
             for linear in (block.attn.out, block.mlp.down):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+
+    @torch.no_grad()
+    def init_token_prior(self, frequencies: torch.Tensor, floor: float = 1e-9) -> None:
+        """Set the per-gene logit table to log token frequencies (G, 281), floored at ``floor``.
+
+        The floor is tiny on purpose: a rare token such as 'count 5,000' that the data never show
+        must not get the probability mass that add-one smoothing would give it.
+        """
+        if self.token_prior is None:
+            raise ValueError("this model was built with token_prior=False")
+        probabilities = frequencies / frequencies.sum(-1, keepdim=True).clamp_min(1e-12)
+        self.token_prior.copy_(torch.log(probabilities.clamp_min(floor)).to(self.token_prior))
 
     def _slot_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings pushed through each slot's block of the compression matrix.
@@ -189,10 +202,11 @@ class MaskPredictor(nn.Module):
         states = hidden[cells, group]
         head = self.head.weight
         # Per-gene offsets head @ gene_g, gathered once, enter each matmul through addmm.
+        offsets = states.new_zeros(len(genes), head.shape[0])
         if self.gene_embedding is not None:
-            offsets = (self.gene_embedding @ head.T)[genes]
-        else:
-            offsets = states.new_zeros(len(genes), head.shape[0])
+            offsets = offsets + (self.gene_embedding @ head.T)[genes]
+        if self.token_prior is not None:
+            offsets = offsets + self.token_prior[genes]
         if s == 1:
             return torch.addmm(offsets, states, head.T)
         per_slot = torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
@@ -219,6 +233,8 @@ class MaskPredictor(nn.Module):
         logits = logits[:, : self.config.n_genes]
         if self.gene_embedding is not None:
             logits = logits + (self.gene_embedding[self.permutation] @ head.T)
+        if self.token_prior is not None:
+            logits = logits + self.token_prior[self.permutation]
         return logits
 
     def forward(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:

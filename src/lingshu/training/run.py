@@ -13,6 +13,7 @@ import torch
 
 from lingshu.config import ModelConfig, TrainConfig, get_preset
 from lingshu.data.loader import AlignedCounts
+from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
@@ -30,6 +31,20 @@ def data_fingerprint(adata: ad.AnnData) -> str:
         for array in (block.indptr, block.indices, block.data.astype(np.int64)):
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def token_frequencies(data: AlignedCounts, chunk_size: int = 1024) -> torch.Tensor:
+    """Per-gene token counts (G, 281) over all cells; unobserved genes get the pooled average."""
+    n_genes = len(data.observed)
+    totals = np.zeros(n_genes * N_EXPRESSION_TOKENS, dtype=np.int64)
+    offsets = np.arange(n_genes, dtype=np.int64) * N_EXPRESSION_TOKENS
+    for start in range(0, data.n_cells, chunk_size):
+        tokens = encode_counts(data.rows(np.arange(start, min(start + chunk_size, data.n_cells))))
+        totals += np.bincount((tokens + offsets).ravel(), minlength=totals.size)
+    frequencies = totals.reshape(n_genes, N_EXPRESSION_TOKENS).astype(np.float64)
+    frequencies /= frequencies.sum(1, keepdims=True)
+    frequencies[~data.observed] = frequencies[data.observed].mean(0)
+    return torch.from_numpy(frequencies).float()
 
 
 def default_device() -> torch.device:
@@ -73,7 +88,11 @@ def train(
     alignment = vocabulary.align(adata)
     print(alignment.report())
     torch.manual_seed(train_config.seed)
-    trainer = Trainer(MaskPredictor(model_config), train_config, device)
+    data = AlignedCounts(adata, alignment)
+    model = MaskPredictor(model_config)
+    if model_config.token_prior and not resume:
+        model.init_token_prior(token_frequencies(data))
+    trainer = Trainer(model, train_config, device)
     if resume:
         trainer.model.load_state_dict(previous.model_state)
         trainer.ema.load_state_dict(previous.ema_state)
@@ -95,7 +114,7 @@ def train(
         )
 
     trainer.run(
-        AlignedCounts(adata, alignment),
+        data,
         on_checkpoint=lambda current: save_checkpoint(snapshot(current), out_dir),
         progress=progress,
     )

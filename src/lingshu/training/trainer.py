@@ -31,9 +31,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def make_optimizer(model: MaskPredictor, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms' gains); fused on CUDA."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW with weight decay on weight matrices only (not on norm gains or the token prior,
+    which would be pulled back towards uniform); fused on CUDA."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (decay if parameter.dim() >= 2 and name != "token_prior" else no_decay).append(parameter)
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": config.weight_decay},

@@ -1,0 +1,67 @@
+"""``lingshu benchmark``: speed/memory of training and sampling (and quality benchmarks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from lingshu.cli import app
+from lingshu.cli._common import user_errors_as_messages
+
+benchmark_app = typer.Typer(help="Benchmarks: speed and memory, generation quality.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("speed")
+@user_errors_as_messages
+def speed(
+    preset: str = typer.Option("paper", "--preset", help="Model preset to time (tiny, small, paper)."),
+    genes: int = typer.Option(18_080, "--genes", help="Number of genes per cell (paper: 18,080)."),
+    patch: int | None = typer.Option(None, "--patch", help="Compression group size S (default: preset's)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    micro_batches: str = typer.Option("8", "--micro-batches", help="Comma-separated micro-batch sizes."),
+    train_steps: int = typer.Option(3, "--train-steps", help="Timed optimisation steps per batch size."),
+    sample_steps: int = typer.Option(
+        256, "--sample-steps", help="Unmasking steps of unconditional sampling."
+    ),
+    timed_sample_steps: int = typer.Option(
+        4,
+        "--timed-sample-steps",
+        help="Steps actually timed; cost per step is constant, so the result is scaled to --sample-steps.",
+    ),
+    peak_tflops: float | None = typer.Option(
+        None, "--peak-tflops", help="Device peak TFLOP/s for MFU (known GPUs are looked up)."
+    ),
+    out: Path = typer.Option(Path("benchmarks/speed.json"), "--out", help="JSON file for the results."),
+) -> None:
+    """Training cells/s, FLOPs, MFU, memory and sampling cells/s on synthetic counts."""
+    from lingshu.benchmarks.speed import results_as_records, run_speed_benchmark
+
+    sizes = tuple(int(s) for s in micro_batches.split(","))
+    records = results_as_records(
+        run_speed_benchmark(
+            preset=preset,
+            n_genes=genes,
+            patch_size=patch,
+            micro_batches=sizes,
+            device=device,
+            train_steps=train_steps,
+            sample_steps=sample_steps,
+            timed_sample_steps=timed_sample_steps,
+            peak_tflops=peak_tflops,
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    for r in records:
+        mfu = "n/a" if r["train_mfu"] is None else f"{100 * r['train_mfu']:.1f}%"
+        typer.echo(
+            f"{r['device']} | {r['preset']} S={r['patch_size']} genes={r['n_genes']} micro-batch={r['micro_batch']}: "
+            f"train {r['train_cells_per_s']:.2f} cells/s (MFU {mfu}), "
+            f"sample {r['sample_steps']} steps {r['sample_cells_per_s']:.3f} cells/s, "
+            f"CFG {r['cfg_steps']} steps {r['cfg_cells_per_s']:.2f} cells/s, "
+            f"host RAM {r['peak_host_ram_gb']:.2f} GB"
+        )
+    typer.echo(f"wrote {out}")

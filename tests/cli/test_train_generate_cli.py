@@ -1,0 +1,135 @@
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from lingshu.cli import app
+
+runner = CliRunner()
+
+
+def test_train_then_generate_from_the_command_line(tmp_path, counts_adata):
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    ckpt = tmp_path / "ckpt"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--out",
+            str(ckpt),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "gene coverage" in result.output and (ckpt / "manifest.json").is_file()
+    out = tmp_path / "gen.h5ad"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--n-cells",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    generated = ad.read_h5ad(out)
+    assert generated.n_obs == 3 and np.issubdtype(generated.X.dtype, np.integer)
+
+
+def test_log_normalised_input_gives_a_clear_error_not_a_traceback(tmp_path, counts_adata):
+    counts_adata.X = sp.csr_matrix(np.log1p(counts_adata.X.toarray().astype(np.float32)))
+    data = tmp_path / "logged.h5ad"
+    counts_adata.write_h5ad(data)
+    result = runner.invoke(app, ["train", str(data), "--preset", "tiny", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "log1p" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_preset_and_missing_checkpoint_are_reported(tmp_path, counts_adata):
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    result = runner.invoke(app, ["train", str(data), "--preset", "huge", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "unknown preset" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(tmp_path / "none"),
+            "--n-cells",
+            "2",
+            "--out",
+            str(tmp_path / "g.h5ad"),
+        ],
+    )
+    assert result.exit_code == 2 and "checkpoint directory not found" in result.output
+
+
+def test_holdout_split_excludes_its_cells_from_training(tmp_path, counts_adata):
+    from lingshu.data.splits import make_cell_split, save_split
+    from lingshu.training.checkpoint import load_checkpoint
+
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    split = tmp_path / "split.json"
+    save_split(make_cell_split(counts_adata.obs_names, 0.25, seed=0), split)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "--holdout",
+            str(split),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "c"),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "training on 48 cells" in result.output
+    assert load_checkpoint(tmp_path / "c").step == 2
+
+
+def test_data_split_writes_train_and_held_out_files(tmp_path, counts_adata):
+    from lingshu.data.splits import make_cell_split, save_split
+
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    save_split(make_cell_split(counts_adata.obs_names, 0.25, seed=0), tmp_path / "split.json")
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "split",
+            str(data),
+            "--split",
+            str(tmp_path / "split.json"),
+            "--out",
+            str(tmp_path / "parts"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(tmp_path / "parts" / "held_out.h5ad").n_obs == 16
+    assert ad.read_h5ad(tmp_path / "parts" / "train.h5ad").n_obs == 48

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lingshu.inference.generate import generate
+from lingshu.training.checkpoint import load_checkpoint
+from lingshu.training.run import train
+
+
+@pytest.fixture
+def checkpoint(tmp_path, counts_adata):
+    train(
+        counts_adata,
+        tmp_path / "ckpt",
+        preset="tiny",
+        train_overrides={"max_steps": 4, "batch_size": 8},
+        progress=False,
+    )
+    return tmp_path / "ckpt"
+
+
+def test_generated_cells_are_integer_counts_with_model_genes_and_provenance(checkpoint, counts_adata):
+    cells = generate(checkpoint, n_cells=5, n_steps=4, seed=1, batch_size=2, progress=False)
+    vocabulary = load_checkpoint(checkpoint).vocabulary
+    assert cells.shape == (5, len(vocabulary))
+    assert sp.issparse(cells.X) and cells.X.dtype == np.int32
+    assert cells.X.min() >= 0
+    assert list(cells.var_names) == vocabulary.genes
+    assert set(vocabulary.genes) <= set(counts_adata.var_names)
+    provenance = cells.uns["lingshu"]
+    assert provenance["n_steps"] == 4 and provenance["seed"] == 1 and provenance["checkpoint_step"] == 4
+
+
+def test_generation_is_reproducible_under_a_seed(checkpoint):
+    a = generate(checkpoint, n_cells=4, n_steps=3, seed=3, progress=False)
+    b = generate(checkpoint, n_cells=4, n_steps=3, seed=3, progress=False)
+    c = generate(checkpoint, n_cells=4, n_steps=3, seed=4, progress=False)
+    assert (a.X != b.X).nnz == 0
+    assert (a.X != c.X).nnz > 0
+
+
+def test_bad_arguments_are_rejected(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="n_cells"):
+        generate(checkpoint, n_cells=0)
+    with pytest.raises(FileNotFoundError, match="not a lingshu checkpoint"):
+        generate(tmp_path, n_cells=1)
