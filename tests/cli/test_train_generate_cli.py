@@ -133,3 +133,63 @@ def test_data_split_writes_train_and_held_out_files(tmp_path, counts_adata):
     assert result.exit_code == 0, result.output
     assert ad.read_h5ad(tmp_path / "parts" / "held_out.h5ad").n_obs == 16
     assert ad.read_h5ad(tmp_path / "parts" / "train.h5ad").n_obs == 48
+
+
+def test_conditional_train_and_generate_on_the_command_line(tmp_path, counts_adata):
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    ckpt = tmp_path / "ckpt"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--source-key",
+            "cell_type",
+            "--out",
+            str(ckpt),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "gen.h5ad"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--n-cells",
+            "2",
+            "--steps",
+            "1",
+            "--condition",
+            "cell_type=type2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert list(ad.read_h5ad(out).obs["cell_type"]) == ["type2", "type2"]
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--n-cells",
+            "2",
+            "--condition",
+            "cell_type",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 2 and "KEY=LABEL" in result.output

@@ -44,3 +44,30 @@ def test_bad_arguments_are_rejected(checkpoint, tmp_path):
         generate(checkpoint, n_cells=0)
     with pytest.raises(FileNotFoundError, match="not a lingshu checkpoint"):
         generate(tmp_path, n_cells=1)
+
+
+def test_cell_type_conditional_generation(tmp_path, counts_adata):
+    train(
+        counts_adata,
+        tmp_path / "cond",
+        preset="tiny",
+        train_overrides={"max_steps": 3, "batch_size": 8},
+        progress=False,
+        condition_keys={"source": "cell_type"},
+    )
+    fixed = generate(
+        tmp_path / "cond", n_cells=4, n_steps=2, conditions={"cell_type": "type1"}, progress=False
+    )
+    assert list(fixed.obs["cell_type"]) == ["type1"] * 4
+    drawn = generate(tmp_path / "cond", n_cells=200, n_steps=1, progress=False)
+    observed = counts_adata.obs["cell_type"].value_counts(normalize=True)
+    generated = drawn.obs["cell_type"].value_counts(normalize=True)
+    assert set(generated.index) == set(observed.index)
+    assert (generated - observed).abs().max() < 0.12  # drawn in training proportions
+    with pytest.raises(ValueError, match="nearest known"):
+        generate(tmp_path / "cond", n_cells=1, n_steps=1, conditions={"cell_type": "typ1"}, progress=False)
+
+
+def test_unconditional_model_rejects_conditions(checkpoint):
+    with pytest.raises(ValueError, match="without conditions"):
+        generate(checkpoint, n_cells=1, n_steps=1, conditions={"cell_type": "B"}, progress=False)

@@ -38,3 +38,11 @@ def resolve_data(data: str) -> Path:
     if data in DATASETS:
         return dataset_path(data)
     raise FileNotFoundError(f"{data!r} is neither a file nor a registered dataset ({sorted(DATASETS)})")
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE`` (as in ``--condition cell_type=B``) with a clear error otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"expected KEY=LABEL, got {text!r} (e.g. --condition cell_type=B)")
+    return key.strip(), value.strip()

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from lingshu.cli import app
-from lingshu.cli._common import user_errors_as_messages
+from lingshu.cli._common import parse_assignment, user_errors_as_messages
 from lingshu.data.writing import write_h5ad_atomic
 from lingshu.inference.generate import generate as generate_cells
 
@@ -19,6 +19,12 @@ def generate(
     n_cells: int = typer.Option(..., "--n-cells", help="Number of cells to generate."),
     steps: int = typer.Option(256, "--steps", help="Unmasking steps (forward passes per batch; paper: 256)."),
     out: Path = typer.Option(..., "--out", help="Output .h5ad (integer counts, CSR)."),
+    condition: list[str] = typer.Option(
+        [],
+        "--condition",
+        help="KEY=LABEL for a conditional model, e.g. --condition cell_type=B "
+        "(repeat for several conditions). Default: conditions drawn in training proportions.",
+    ),
     batch_size: int = typer.Option(128, "--batch-size", help="Cells generated together per forward pass."),
     raw_weights: bool = typer.Option(
         False, "--raw-weights", help="Sample with the raw instead of EMA weights."
@@ -28,6 +34,7 @@ def generate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Generate new cells (raw integer counts over the model's gene vocabulary)."""
+    requested = dict(parse_assignment(item) for item in condition)
     adata = generate_cells(
         checkpoint,
         n_cells,
@@ -37,6 +44,7 @@ def generate(
         device=device,
         use_ema=not raw_weights,
         progress=progress,
+        conditions=requested or None,
     )
     write_h5ad_atomic(adata, out)
     typer.echo(f"wrote {adata.n_obs:,} cells x {adata.n_vars:,} genes to {out} ({steps} steps)")

@@ -43,6 +43,12 @@ def train(
     holdout: Path | None = typer.Option(
         None, "--holdout", help="Split JSON file; its held-out cells are excluded from training."
     ),
+    source_key: str | None = typer.Option(
+        None,
+        "--source-key",
+        help="obs column of the source condition (cell type, cell line, donor): "
+        "one condition token per label, prepended to each cell, for conditional generation.",
+    ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
     backed: bool = typer.Option(
@@ -79,6 +85,7 @@ def train(
         resume=resume,
         device=device,
         progress=progress,
+        condition_keys={"source": source_key} if source_key else None,
     )
     last = result.log[-1] if result.log else {}
     typer.echo(

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from lingshu.config import ModelConfig, TrainConfig, get_preset
+from lingshu.data.conditions import ConditionMap
 from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
 from lingshu.data.validation import iter_row_chunks
@@ -62,11 +63,14 @@ def train(
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    condition_keys: dict[str, str] | None = None,
 ) -> Checkpoint:
     """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
 
     With ``resume=True`` training continues from the checkpoint in ``out_dir`` (same data
     required) up to the configured ``max_steps``; on CPU the result equals an uninterrupted run.
+    ``condition_keys`` maps condition roles to ``obs`` columns, e.g. ``{"source": "cell_type"}``:
+    each becomes a condition token prepended to every cell (never masked).
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -76,6 +80,7 @@ def train(
         if previous.data_fingerprint != fingerprint:
             raise ValueError(f"--resume: the data differ from those {out_dir} was trained on")
         vocabulary = previous.vocabulary
+        conditions = ConditionMap.from_dict(previous.conditions)
         model_config = previous.model_config
         train_config = replace(previous.train_config, **(train_overrides or {}))
     else:
@@ -83,7 +88,14 @@ def train(
             raise FileExistsError(f"{out_dir} already holds a checkpoint; pass --resume or another --out")
         chosen = get_preset(preset)
         vocabulary = vocabulary or GeneVocabulary.from_adata(adata, min_cells=min_cells)
-        model_config: ModelConfig = replace(chosen.model, n_genes=len(vocabulary), **(model_overrides or {}))
+        conditions = ConditionMap.from_obs(adata.obs, condition_keys or {})
+        model_config: ModelConfig = replace(
+            chosen.model,
+            n_genes=len(vocabulary),
+            n_condition_tokens=conditions.n_tokens,
+            n_condition_slots=conditions.n_slots,
+            **(model_overrides or {}),
+        )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
     alignment = vocabulary.align(adata)
     print(alignment.report())
@@ -111,10 +123,12 @@ def train(
             step=current.step,
             data_fingerprint=fingerprint,
             log=current.log,
+            conditions=conditions.to_dict(),
         )
 
     trainer.run(
         data,
+        conditions=conditions.encode_obs(adata.obs) if conditions.n_slots else None,
         on_checkpoint=lambda current: save_checkpoint(snapshot(current), out_dir),
         progress=progress,
     )
