@@ -21,16 +21,22 @@ def _subset(pbmc3k_path, n_cells=300, n_genes=2000):
 
 
 def _marginal_nll(tokens: np.ndarray) -> float:
-    """Cross-entropy of predicting each gene by its own token frequencies (add-one smoothing)."""
+    """Cross-entropy of predicting each gene by its own token frequencies in these very cells:
+    the in-sample entropy, the best any predictor that ignores the other genes can reach here."""
     nll = 0.0
     for column in tokens.T:
-        counts = np.bincount(column, minlength=N_EXPRESSION_TOKENS) + 1.0
+        counts = np.bincount(column, minlength=N_EXPRESSION_TOKENS).astype(float)
         nll += -np.log(counts[column] / counts.sum()).sum()
     return nll / tokens.size
 
 
 @pytest.mark.slow
 def test_tiny_model_beats_the_marginal_token_frequencies(pbmc3k_path, tmp_path):
+    """The in-sample per-gene entropy is a lower bound for every predictor that ignores the other
+    genes, so beating it needs the model to read the context. Measured on CPU (150 steps): model
+    ~0.797 vs marginal 0.827 nats/gene; the assertion asks for half that gap, far above the
+    seed-to-seed noise of the estimate (~0.001), and for better predictions when more of the cell
+    is visible (t = 0.05) than when almost all of it is masked (t = 0.95)."""
     adata = _subset(pbmc3k_path)
     result = train(
         adata,
@@ -43,11 +49,20 @@ def test_tiny_model_beats_the_marginal_token_frequencies(pbmc3k_path, tmp_path):
     data = AlignedCounts(adata, result.vocabulary.align(adata))
     tokens = torch.from_numpy(encode_counts(data.rows(np.arange(adata.n_obs))))
     observed = torch.from_numpy(data.observed)
+
+    def loss(seed: int, t: float | None = None) -> float:
+        levels = None if t is None else torch.full((tokens.shape[0],), t)
+        generator = torch.Generator().manual_seed(seed)
+        return masked_diffusion_loss(model, tokens, observed, generator, t=levels).loss.item()
+
     with torch.no_grad():
-        losses = [
-            masked_diffusion_loss(model, tokens, observed, torch.Generator().manual_seed(s)).loss.item()
-            for s in range(8)
-        ]
-    model_nll, marginal = float(np.mean(losses)), _marginal_nll(tokens.numpy())
-    print(f"model {model_nll:.4f} nats/gene vs marginal {marginal:.4f}")
-    assert model_nll < 0.9 * marginal
+        model_nll = float(np.mean([loss(s) for s in range(8)]))
+        mostly_visible = float(np.mean([loss(s, 0.05) for s in range(4)]))
+        mostly_masked = float(np.mean([loss(s, 0.95) for s in range(4)]))
+    marginal = _marginal_nll(tokens.numpy())
+    print(
+        f"model {model_nll:.4f} nats/gene vs marginal {marginal:.4f}; "
+        f"t=0.05 {mostly_visible:.4f}, t=0.95 {mostly_masked:.4f}"
+    )
+    assert model_nll < marginal - 0.015
+    assert mostly_visible < mostly_masked - 0.005

@@ -146,7 +146,7 @@ def run_speed_benchmark(
             model, micro, sample_steps, min(timed_sample_steps, sample_steps), dev, False
         )
         per_cell_cfg = _time_sampling(model, micro, cfg_steps, cfg_steps, dev, True)
-        flops_sample = model.flops_per_cell(training=False) * sample_steps
+        flops_sample = model.flops_per_cell(training=False, sampling_steps=sample_steps)
         results.append(
             SpeedResult(
                 device=device_name(dev),

@@ -58,10 +58,56 @@ def speed(
     for r in records:
         mfu = "n/a" if r["train_mfu"] is None else f"{100 * r['train_mfu']:.1f}%"
         typer.echo(
-            f"{r['device']} | {r['preset']} S={r['patch_size']} genes={r['n_genes']} micro-batch={r['micro_batch']}: "
+            f"{r['device']} | {r['preset']} S={r['patch_size']} genes={r['n_genes']} "
+            f"micro-batch={r['micro_batch']}: "
             f"train {r['train_cells_per_s']:.2f} cells/s (MFU {mfu}), "
             f"sample {r['sample_steps']} steps {r['sample_cells_per_s']:.3f} cells/s, "
             f"CFG {r['cfg_steps']} steps {r['cfg_cells_per_s']:.2f} cells/s, "
             f"host RAM {r['peak_host_ram_gb']:.2f} GB"
         )
     typer.echo(f"wrote {out}")
+
+
+@benchmark_app.command("generation")
+@user_errors_as_messages
+def generation(
+    dataset: str = typer.Option("pbmc3k", "--dataset", help="Registered dataset name or .h5ad file."),
+    split: str = typer.Option(
+        "pbmc3k_cells", "--split", help="Cell split: a shipped split name or a JSON file."
+    ),
+    preset: str = typer.Option("small", "--preset", help="Model preset to train."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps (default: preset's)."),
+    min_cells: int = typer.Option(
+        10, "--min-cells", help="Vocabulary: genes detected in >= this many cells."
+    ),
+    steps: str = typer.Option(
+        "16,64,256", "--steps", help="Comma-separated sampling step counts (quality-vs-steps table)."
+    ),
+    baselines: str = typer.Option(
+        "independent_genes,celltype_negative_binomial,copy_training",
+        "--baselines",
+        help="Comma-separated baselines (add scvi with `pip install 'lingshu-cell[baselines]'`).",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Reuse a trained checkpoint instead of training."
+    ),
+    out: Path = typer.Option(Path("runs/benchmark_generation"), "--out", help="Output directory."),
+    seed: int = typer.Option(0, "--seed", help="Global seed."),
+) -> None:
+    """Train, generate and evaluate against held-out cells, the real ceiling and the baselines."""
+    from lingshu.benchmarks.generation import run_generation_benchmark
+
+    table = run_generation_benchmark(
+        out,
+        dataset=dataset,
+        split=split,
+        preset=preset,
+        max_steps=max_steps,
+        min_cells=min_cells,
+        sampling_steps=[int(s) for s in steps.split(",")],
+        baselines=[b for b in baselines.split(",") if b],
+        checkpoint=checkpoint,
+        seed=seed,
+    )
+    typer.echo(table.to_string())
+    typer.echo(f"report: {out / 'report' / 'report.md'}")

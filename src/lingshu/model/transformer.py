@@ -250,12 +250,19 @@ class MaskPredictor(nn.Module):
         """Parameters of the transformer blocks and final norm (the paper's ~85M for `paper`)."""
         return sum(p.numel() for p in self.blocks.parameters()) + self.config.d_model
 
-    def flops_per_cell(self, training: bool = True) -> float:
-        """Approximate matmul FLOPs for one cell (x3 for forward+backward when ``training``)."""
+    def flops_per_cell(self, training: bool = True, sampling_steps: int = 1) -> float:
+        """Matmul FLOPs the implementation performs for one cell.
+
+        Compression is a table lookup and decompression is folded into the head, so the cost is
+        the blocks plus the head (D x 281 per gene). Training (forward + backward, x3) computes
+        the head for every gene; sampling runs the blocks at every step and the head once per
+        gene, at the step that reveals it.
+        """
         c = self.config
         t = self.n_groups + c.n_condition_slots
         per_block = 2 * t * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff) + 4 * t * t * c.d_model
-        compression = 2 * 2 * self.n_groups * c.patch_size * c.d_model**2 if c.patch_size > 1 else 0
+        blocks = c.n_layers * per_block
         head = 2 * c.n_genes * c.d_model * N_EXPRESSION_TOKENS
-        forward = c.n_layers * per_block + compression + head
-        return float(forward * (3 if training else 1))
+        if training:
+            return float(3 * (blocks + head))
+        return float(sampling_steps * blocks + head)

@@ -1,0 +1,29 @@
+import json
+
+from lingshu.benchmarks.generation import run_generation_benchmark
+from lingshu.data.splits import make_cell_split, save_split
+
+
+def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, counts_adata):
+    data, split = tmp_path / "cells.h5ad", tmp_path / "split.json"
+    counts_adata.write_h5ad(data)
+    save_split(make_cell_split(counts_adata.obs_names, 0.25, seed=0), split)
+    table = run_generation_benchmark(
+        tmp_path / "bench",
+        dataset=str(data),
+        split=str(split),
+        preset="tiny",
+        max_steps=3,
+        min_cells=1,
+        sampling_steps=(2, 4),
+        baselines=("copy_training",),
+        progress=False,
+    )
+    names = " ".join(map(str, table.index)) + " " + " ".join(map(str, table.get("method", [])))
+    assert "lingshu (2 steps)" in names and "lingshu (4 steps)" in names
+    assert "copy_training" in names
+    report = tmp_path / "bench" / "report"
+    assert (report / "report.md").is_file() and (report / "metrics.csv").is_file()
+    assert "ceiling" in (report / "metrics.csv").read_text().lower()
+    timings = json.loads((tmp_path / "bench" / "timings.json").read_text())
+    assert {"train_s", "generate_2_steps_s", "generate_4_steps_s", "evaluate_s"} <= set(timings)

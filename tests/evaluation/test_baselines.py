@@ -1,0 +1,122 @@
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lingshu.evaluation.baselines import (
+    GENERATION_BASELINES,
+    celltype_negative_binomial,
+    copy_training,
+    independent_genes,
+    negative_binomial_moments,
+    run_baselines,
+    scvi,
+)
+
+CHEAP = ["independent_genes", "celltype_negative_binomial", "copy_training"]
+
+
+@pytest.fixture(scope="module")
+def train(counts_factory):
+    return counts_factory(400, n_genes=80, seed=5)
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_baselines_return_seeded_integer_cells_over_the_training_genes(train, name):
+    baseline = GENERATION_BASELINES[name]
+    a, b, c = baseline(train, 150, 0), baseline(train, 150, 0), baseline(train, 150, 1)
+    assert a.shape == (150, train.n_vars)
+    assert list(a.var_names) == list(train.var_names)
+    assert sp.isspmatrix_csr(a.X) and np.issubdtype(a.X.dtype, np.integer)
+    assert a.X.min() >= 0 and a.X.sum() > 0
+    assert (a.X != b.X).nnz == 0, "same seed must give the same cells"
+    assert (a.X != c.X).nnz > 0, "another seed must give other cells"
+    assert a.uns["lingshu_baseline"]["name"] == name
+
+
+def _dense(adata):
+    return adata.X.toarray().astype(float)
+
+
+def test_independent_genes_keeps_marginals_and_destroys_correlation(train):
+    generated = _dense(independent_genes(train, 4000, 0))
+    real = _dense(train)
+    np.testing.assert_allclose(generated.mean(0), real.mean(0), rtol=0.15, atol=0.05)
+    # zero fractions per gene match too
+    np.testing.assert_allclose((generated == 0).mean(0), (real == 0).mean(0), atol=0.05)
+    # the most correlated gene pair in training (markers of one type) becomes uncorrelated
+    corr = np.nan_to_num(np.corrcoef(np.log1p(real).T))
+    np.fill_diagonal(corr, 0)
+    i, j = np.unravel_index(np.argmax(corr), corr.shape)
+    assert corr[i, j] > 0.5
+    assert abs(np.corrcoef(np.log1p(generated[:, i]), np.log1p(generated[:, j]))[0, 1]) < 0.1
+
+
+def test_negative_binomial_moments_recover_mean_and_dispersion():
+    rng = np.random.default_rng(0)
+    mu, phi = np.array([2.0, 5.0, 50.0]), np.array([0.2, 0.5, 1.0])
+    theta = 1 / phi
+    counts = rng.negative_binomial(theta, theta / (theta + mu), size=(20000, 3))
+    mean, dispersion = negative_binomial_moments(sp.csr_matrix(counts))
+    np.testing.assert_allclose(mean, mu, rtol=0.05)
+    np.testing.assert_allclose(dispersion, phi, rtol=0.15)
+    # Poisson data (var == mean) hits the floor instead of a zero dispersion
+    poisson = rng.poisson(3.0, size=(5000, 1))
+    assert negative_binomial_moments(sp.csr_matrix(poisson), 0.01)[1][0] == 0.01
+
+
+def test_celltype_negative_binomial_is_overdispersed_per_type(train):
+    generated = celltype_negative_binomial(train, 3000, 0)
+    labels = train.obs["cell_type"].astype(str).to_numpy()
+    gen_labels = generated.obs["cell_type"].astype(str).to_numpy()
+    for cell_type in np.unique(labels):
+        real_fraction, gen_fraction = np.mean(labels == cell_type), np.mean(gen_labels == cell_type)
+        assert gen_fraction == pytest.approx(real_fraction, abs=0.04)
+        cells = _dense(generated)[gen_labels == cell_type]
+        real_cells = _dense(train)[labels == cell_type]
+        expressed = real_cells.mean(0) > 2
+        np.testing.assert_allclose(cells.mean(0)[expressed], real_cells.mean(0)[expressed], rtol=0.2)
+        # variance well above the mean (a Poisson generator would give var == mean)
+        assert np.median(cells.var(0)[expressed] / cells.mean(0)[expressed]) > 1.5
+
+
+def test_copy_training_returns_training_cells_with_their_labels(train):
+    generated = copy_training(train, 100, 0)
+    real = {tuple(row) for row in _dense(train)}
+    assert all(tuple(row) in real for row in _dense(generated))
+    assert set(generated.obs["cell_type"].astype(str)) <= set(train.obs["cell_type"].astype(str))
+
+
+def test_celltype_baseline_needs_labels(train):
+    unlabelled = train.copy()
+    del unlabelled.obs["cell_type"]
+    with pytest.raises(ValueError, match="cell_type"):
+        celltype_negative_binomial(unlabelled, 10, 0)
+
+
+def test_run_baselines_rejects_unknown_names(train):
+    with pytest.raises(KeyError, match="unknown baselines"):
+        run_baselines(train, ["independent_genes", "gan"], 10)
+    assert set(run_baselines(train, CHEAP, 5)) == set(CHEAP)
+
+
+def test_scvi_without_scvi_tools_says_how_to_install(train, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scvi", None)  # makes `import scvi` fail
+    with pytest.raises(ImportError, match=r"lingshu-cell\[baselines\]"):
+        scvi(train, 10, 0)
+
+
+def test_scvi_generates_new_cells_from_its_prior(train):
+    pytest.importorskip("scvi")
+    small = train[:200].copy()
+    generated = scvi(small, 120, seed=0, max_epochs=2)
+    assert generated.uns["lingshu_baseline"]["epochs_trained"] == 2
+    assert generated.shape == (120, small.n_vars)
+    assert np.issubdtype(generated.X.dtype, np.integer) and generated.X.sum() > 0
+    # sampled, not reconstructed: no generated cell is a copy of a training cell
+    real = {tuple(row) for row in _dense(small)}
+    assert not any(tuple(row) in real for row in _dense(generated))
+    # library sizes are drawn from the training ones: same order of magnitude
+    ratio = generated.X.sum(1).mean() / small.X.sum(1).mean()
+    assert 0.3 < ratio < 3
