@@ -8,26 +8,17 @@ from lingshu.cli import app
 runner = CliRunner()
 
 
+def _train_tiny(data, out, steps: int, *extra: str):
+    """Run `lingshu train` on the tiny preset for a few steps."""
+    args = ["train", str(data), *extra, "--preset", "tiny", "--max-steps", str(steps)]
+    return runner.invoke(app, [*args, "--batch-size", "8", "--out", str(out), "--no-progress"])
+
+
 def test_train_then_generate_from_the_command_line(tmp_path, counts_adata):
     data = tmp_path / "cells.h5ad"
     counts_adata.write_h5ad(data)
     ckpt = tmp_path / "ckpt"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(data),
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "3",
-            "--batch-size",
-            "8",
-            "--out",
-            str(ckpt),
-            "--no-progress",
-        ],
-    )
+    result = _train_tiny(data, str(ckpt), 3)
     assert result.exit_code == 0, result.output
     assert "gene coverage" in result.output and (ckpt / "manifest.json").is_file()
     out = tmp_path / "gen.h5ad"
@@ -89,24 +80,7 @@ def test_holdout_split_excludes_its_cells_from_training(tmp_path, counts_adata):
     counts_adata.write_h5ad(data)
     split = tmp_path / "split.json"
     save_split(make_cell_split(counts_adata.obs_names, 0.25, seed=0), split)
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(data),
-            "--holdout",
-            str(split),
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "8",
-            "--out",
-            str(tmp_path / "c"),
-            "--no-progress",
-        ],
-    )
+    result = _train_tiny(data, str(tmp_path / "c"), 2, "--holdout", str(split))
     assert result.exit_code == 0, result.output
     assert "training on 48 cells" in result.output
     assert load_checkpoint(tmp_path / "c").step == 2
@@ -139,24 +113,7 @@ def test_conditional_train_and_generate_on_the_command_line(tmp_path, counts_ada
     data = tmp_path / "cells.h5ad"
     counts_adata.write_h5ad(data)
     ckpt = tmp_path / "ckpt"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(data),
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "8",
-            "--source-key",
-            "cell_type",
-            "--out",
-            str(ckpt),
-            "--no-progress",
-        ],
-    )
+    result = _train_tiny(data, str(ckpt), 2, "--source-key", "cell_type")
     assert result.exit_code == 0, result.output
     out = tmp_path / "gen.h5ad"
     result = runner.invoke(
