@@ -9,6 +9,10 @@ import pytest
 import scipy.sparse as sp
 
 from lingshu.data.paths import dataset_path
+from lingshu.runtime import keep_freed_memory
+
+# Same allocator setting as the `lingshu` command: big per-step tensors reuse their pages.
+keep_freed_memory()
 
 
 def make_counts_adata(n_cells: int = 64, n_genes: int = 40, n_types: int = 3, seed: int = 0) -> ad.AnnData:

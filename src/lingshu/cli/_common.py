@@ -12,7 +12,8 @@ import typer
 from lingshu.data.paths import DATASETS, dataset_path
 
 # Errors that come from bad input: shown as one clear line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError)
+# OSError covers missing files, unwritable output folders and full disks.
+USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
 
 
 def user_errors_as_messages(command: Callable) -> Callable:

@@ -8,9 +8,7 @@ from pathlib import Path
 import typer
 
 from lingshu.cli import app
-
-# Input problems (and unwritable output folders): one clear line and exit code 2, no traceback.
-_USER_ERRORS = (ValueError, KeyError, ImportError, OSError)
+from lingshu.cli._common import user_errors_as_messages
 
 
 def _read(path: Path, what: str):
@@ -83,6 +81,7 @@ def _print_table(table) -> None:
 
 
 @app.command("evaluate")
+@user_errors_as_messages
 def evaluate(
     real: Path = typer.Option(
         ...,
@@ -152,35 +151,30 @@ def evaluate(
     """Score generated cells against held-out real cells (Pearson/Spearman of gene means, MMD,
     Wasserstein-1, iLISI, cell-type proportions, memorisation), always next to the
     real-vs-real ceiling, and write a report."""
-    try:
-        from lingshu.evaluation.report import evaluate_generation
+    from lingshu.evaluation.report import evaluate_generation
 
-        baseline_names = _parse_baselines(baselines)
-        paths = parse_generated(generated, generated_name)
-        if not paths and not baseline_names:
-            raise ValueError("nothing to evaluate: give --generated and/or --baselines")
-        if baseline_names and train is None:
-            raise ValueError("--baselines are fitted on the training cells: also give --train")
-        real_cells = _read(real, "--real")
-        train_cells = None if train is None else _read(train, "--train")
-        generated_cells = {name: _read(path, f"--generated {name!r}") for name, path in paths.items()}
-        table = evaluate_generation(
-            real_cells,
-            generated_cells,
-            train_cells,
-            out,
-            seed=seed,
-            baselines=baseline_names,
-            baseline_options={"scvi": {"max_epochs": scvi_max_epochs}},
-            layer=layer,
-            label_key=label_key,
-            max_cells=max_cells,
-            plots_enabled=plots,
-            progress=progress,
-        )
-    except _USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        typer.echo(f"error: {message}", err=True)
-        sys.exit(2)
+    baseline_names = _parse_baselines(baselines)
+    paths = parse_generated(generated, generated_name)
+    if not paths and not baseline_names:
+        raise ValueError("nothing to evaluate: give --generated and/or --baselines")
+    if baseline_names and train is None:
+        raise ValueError("--baselines are fitted on the training cells: also give --train")
+    real_cells = _read(real, "--real")
+    train_cells = None if train is None else _read(train, "--train")
+    generated_cells = {name: _read(path, f"--generated {name!r}") for name, path in paths.items()}
+    table = evaluate_generation(
+        real_cells,
+        generated_cells,
+        train_cells,
+        out,
+        seed=seed,
+        baselines=baseline_names,
+        baseline_options={"scvi": {"max_epochs": scvi_max_epochs}},
+        layer=layer,
+        label_key=label_key,
+        max_cells=max_cells,
+        plots_enabled=plots,
+        progress=progress,
+    )
     _print_table(table)
     typer.echo(f"report written to {out}/report.md (and report.html, metrics.csv)")

@@ -231,10 +231,16 @@ class MaskPredictor(nn.Module):
         )
         logits = torch.einsum("bjd,svd->bjsv", hidden, weights).reshape(b, self.n_groups * s, -1)
         logits = logits[:, : self.config.n_genes]
+        # Per-gene terms are summed on the small (G, 281) table and added once, in place: the
+        # einsum's backward does not need its output, and every extra (B, G, 281) temporary costs
+        # as much memory traffic as the matmul itself on CPU.
+        offsets = []
         if self.gene_embedding is not None:
-            logits = logits + (self.gene_embedding[self.permutation] @ head.T)
+            offsets.append(self.gene_embedding[self.permutation] @ head.T)
         if self.token_prior is not None:
-            logits = logits + self.token_prior[self.permutation]
+            offsets.append(self.token_prior[self.permutation])
+        if offsets:
+            logits = logits.add_(sum(offsets[1:], offsets[0]))
         return logits
 
     def forward(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
