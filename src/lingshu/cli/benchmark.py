@@ -111,3 +111,44 @@ def generation(
     )
     typer.echo(table.to_string())
     typer.echo(f"report: {out / 'report' / 'report.md'}")
+
+
+@benchmark_app.command("memory")
+@user_errors_as_messages
+def memory(
+    cells: str = typer.Option(
+        "20000,200000", "--cells", help="Comma-separated numbers of cells of the synthetic files."
+    ),
+    genes: int = typer.Option(2_000, "--genes", help="Genes per cell of the synthetic files."),
+    modes: str = typer.Option(
+        "backed,in_memory", "--modes", help="backed (stream from disk) and/or in_memory."
+    ),
+    max_steps: int = typer.Option(20, "--max-steps", help="Training steps per run."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset to train."),
+    work_dir: Path = typer.Option(
+        Path("runs/benchmark_memory"), "--work-dir", help="Where the synthetic files and models go."
+    ),
+    out: Path = typer.Option(Path("benchmarks/memory.json"), "--out", help="JSON file for the results."),
+) -> None:
+    """Peak host RAM of training as the file grows: streamed from disk (--backed) vs in memory."""
+    from lingshu.benchmarks.memory import results_as_records, run_memory_benchmark
+
+    records = results_as_records(
+        run_memory_benchmark(
+            work_dir,
+            cell_counts=tuple(int(c) for c in cells.split(",")),
+            n_genes=genes,
+            modes=tuple(m.strip() for m in modes.split(",")),
+            max_steps=max_steps,
+            preset=preset,
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1))
+    for r in records:
+        loader = "" if r["loader_cells_per_s"] is None else f", loader {r['loader_cells_per_s']:,.0f} cells/s"
+        typer.echo(
+            f"{r['n_cells']:>9,} cells x {r['n_genes']:,} genes ({r['file_mb']:,.0f} MB) {r['mode']:>9}: "
+            f"peak host RAM {r['peak_host_ram_gb']:.2f} GB, {r['train_wall_s']:.0f} s{loader}"
+        )
+    typer.echo(f"wrote {out}")
