@@ -18,7 +18,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves each with a fresh mmap and unmaps it on free, so every step pays
     page faults on all of that memory: on 2 CPU cores half the time went to the kernel. Serving
     them from the heap and never trimming it makes later steps reuse the same pages (measured
-    7.6 -> 11.7 cells/s for the small preset). Returns False where this is not glibc.
+    7.6 -> 11.7 cells/s for the small preset). Called where the hot loops start (training,
+    sampling), not at start-up: one-off passes over a big file allocate chunks of varying size,
+    which a never-trimmed heap would keep. Returns False where this is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -8,7 +8,6 @@ memory, plus how fast the loader alone streams mini-batches from the backed file
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -64,24 +63,40 @@ def loader_throughput(path: Path, batch_size: int = 256, n_batches: int = 20) ->
     return batch_size * n_batches / (time.perf_counter() - start)
 
 
+# Runs `lingshu` in the child and writes the peak RSS of *its own* address space (VmHWM) at exit.
+# getrusage/wait4 cannot be used: Linux carries the parent's high-water mark across fork+exec,
+# so every child would report at least the size of this (data-generating) process.
+_CHILD = """
+import atexit, sys
+from pathlib import Path
+report = Path(sys.argv[1])
+def _write_peak():
+    status = Path("/proc/self/status").read_text().splitlines()
+    report.write_text(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(_write_peak)
+sys.argv = ["lingshu", *sys.argv[2:]]
+from lingshu.cli import main
+main()
+"""
+
+
 def peak_ram_of_training(
     path: Path, out_dir: Path, backed: bool, max_steps: int, preset: str
 ) -> tuple[float, float]:
     """Run `lingshu train` in a fresh process; return (its peak RSS in GB, wall seconds)."""
-    command = [
-        sys.executable, "-m", "lingshu", "train", str(path), "--preset", preset,
-        "--max-steps", str(max_steps), "--out", str(out_dir), "--no-progress", "--device", "cpu",
+    report = out_dir.with_name(out_dir.name + ".peak_kib")
+    arguments = [
+        "train", str(path), "--preset", preset, "--max-steps", str(max_steps), "--out", str(out_dir),
+        "--no-progress", "--device", "cpu", *(["--backed"] if backed else []),
     ]  # fmt: skip
-    if backed:
-        command.append("--backed")
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
+    finished = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(report), *arguments], capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
-    stderr = process.stderr.read() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"training run failed ({' '.join(command)}):\n{stderr[-2000:]}")
-    return usage.ru_maxrss / 2**20, wall  # ru_maxrss is in KiB on Linux
+    if finished.returncode != 0:
+        raise RuntimeError(f"training run failed (lingshu {' '.join(arguments)}):\n{finished.stderr[-2000:]}")
+    return int(report.read_text()) / 2**20, wall
 
 
 def run_memory_benchmark(

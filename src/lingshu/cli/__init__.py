@@ -9,8 +9,6 @@ import importlib
 
 import typer
 
-from lingshu.runtime import keep_freed_memory
-
 app = typer.Typer(
     name="lingshu",
     help="Lingshu-Cell: generate single cells and predict perturbation responses from raw counts.",
@@ -31,5 +29,4 @@ for _name in _SUBCOMMAND_MODULES:
 
 def main() -> None:
     """Entry point of the ``lingshu`` console script."""
-    keep_freed_memory()
     app()

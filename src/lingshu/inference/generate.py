@@ -15,6 +15,7 @@ import lingshu
 from lingshu.data.conditions import ConditionMap
 from lingshu.data.tokenizer import decode_tokens
 from lingshu.model.diffusion import sample_tokens
+from lingshu.runtime import keep_freed_memory
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
 
 DECODING_RULE = "exact below 100; bin midpoint (lower edge + width // 2) above; overflow -> 10000"
@@ -52,6 +53,7 @@ def generate(
         else None
     )
     generator = torch.Generator().manual_seed(seed)
+    keep_freed_memory()  # every sampling step allocates the same big tensors: reuse their pages
     blocks = []
     with tqdm(total=n_cells, disable=not progress, desc="generating", unit="cell") as bar:
         for start in range(0, n_cells, batch_size):

@@ -21,6 +21,7 @@ from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import encode_counts
 from lingshu.model.diffusion import masked_diffusion_loss, sample_mask_levels
 from lingshu.model.transformer import MaskPredictor
+from lingshu.runtime import keep_freed_memory
 from lingshu.training.ema import PowerEMA
 from lingshu.training.schedule import learning_rate
 
@@ -129,6 +130,7 @@ class Trainer:
         config = self.config
         if self.step >= config.max_steps:
             return
+        keep_freed_memory()  # every step allocates the same big tensors: reuse their pages
         batches = data.iter_batches(config.batch_size, config.seed, start_step=self.step)
         bar = tqdm(
             total=config.max_steps,
