@@ -14,6 +14,12 @@ def _train_tiny(data, out, steps: int, *extra: str):
     return runner.invoke(app, [*args, "--batch-size", "8", "--out", str(out), "--no-progress"])
 
 
+def _generate(checkpoint, out, n_cells: int, steps: int, *extra: str):
+    """Run `lingshu generate` without a progress bar."""
+    args = ["generate", "--checkpoint", str(checkpoint), "--n-cells", str(n_cells), "--steps", str(steps)]
+    return runner.invoke(app, [*args, *extra, "--out", str(out), "--no-progress"])
+
+
 def test_train_then_generate_from_the_command_line(tmp_path, counts_adata):
     data = tmp_path / "cells.h5ad"
     counts_adata.write_h5ad(data)
@@ -22,21 +28,7 @@ def test_train_then_generate_from_the_command_line(tmp_path, counts_adata):
     assert result.exit_code == 0, result.output
     assert "gene coverage" in result.output and (ckpt / "manifest.json").is_file()
     out = tmp_path / "gen.h5ad"
-    result = runner.invoke(
-        app,
-        [
-            "generate",
-            "--checkpoint",
-            str(ckpt),
-            "--n-cells",
-            "3",
-            "--steps",
-            "2",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-    )
+    result = _generate(ckpt, out, 3, 2)
     assert result.exit_code == 0, result.output
     generated = ad.read_h5ad(out)
     assert generated.n_obs == 3 and np.issubdtype(generated.X.dtype, np.integer)
@@ -116,23 +108,7 @@ def test_conditional_train_and_generate_on_the_command_line(tmp_path, counts_ada
     result = _train_tiny(data, str(ckpt), 2, "--source-key", "cell_type")
     assert result.exit_code == 0, result.output
     out = tmp_path / "gen.h5ad"
-    result = runner.invoke(
-        app,
-        [
-            "generate",
-            "--checkpoint",
-            str(ckpt),
-            "--n-cells",
-            "2",
-            "--steps",
-            "1",
-            "--condition",
-            "cell_type=type2",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-    )
+    result = _generate(ckpt, out, 2, 1, "--condition", "cell_type=type2")
     assert result.exit_code == 0, result.output
     assert list(ad.read_h5ad(out).obs["cell_type"]) == ["type2", "type2"]
     result = runner.invoke(
