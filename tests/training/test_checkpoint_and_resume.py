@@ -108,3 +108,24 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, counts_adata):
     )
     for key, value in whole.model_state.items():
         torch.testing.assert_close(accumulated.model_state[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, counts_adata, monkeypatch):
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+    plain = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+    recomputed = train(
+        counts_adata,
+        tmp_path / "b",
+        preset="tiny",
+        train_overrides={**TINY, "activation_checkpointing": True},
+        progress=False,
+    )
+    assert recomputed.train_config.activation_checkpointing and len(calls) > 0
+    assert _states_equal(plain.model_state, recomputed.model_state)

@@ -72,6 +72,7 @@ class Trainer:
     def __init__(self, model: MaskPredictor, config: TrainConfig, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).train()
+        self.model.gradient_checkpointing = config.activation_checkpointing
         self.config = config
         self.ema = PowerEMA(self.model, config.ema_sigma_rel)
         self.optimizer = make_optimizer(self.model, config, self.device)
