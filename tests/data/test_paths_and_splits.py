@@ -38,3 +38,13 @@ def test_shipped_pbmc3k_split_is_a_fixed_20_percent(pbmc3k_path):
 def test_unknown_split_lists_shipped_ones():
     with pytest.raises(FileNotFoundError, match="pbmc3k_cells"):
         load_split("nope")
+
+
+def test_resolve_data_takes_a_file_or_a_registered_name(tmp_path):
+    from lingshu.data.paths import resolve_data
+
+    path = tmp_path / "cells.h5ad"
+    path.write_bytes(b"x")
+    assert resolve_data(str(path)) == path
+    with pytest.raises(FileNotFoundError, match="pbmc3k"):
+        resolve_data("not_a_file_or_dataset")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from lingshu.data.io import read_counts
-from lingshu.data.paths import dataset_path
+from lingshu.data.paths import resolve_data
 from lingshu.data.splits import apply_cell_split, load_split
 from lingshu.data.writing import write_h5ad_atomic
 from lingshu.evaluation.report import evaluate_generation
@@ -46,7 +46,7 @@ def run_generation_benchmark(
     """
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    adata = read_counts(dataset_path(dataset) if not Path(dataset).is_file() else Path(dataset))
+    adata = read_counts(resolve_data(dataset))
     train_cells, held_out = apply_cell_split(adata, load_split(split))
     if checkpoint is None:
         checkpoint = out_dir / "model"

@@ -1,15 +1,12 @@
-"""Helpers shared by the subcommands: input resolution and clean error reporting."""
+"""Helpers shared by the subcommands: clean error reporting and argument parsing."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import typer
-
-from lingshu.data.paths import DATASETS, dataset_path
 
 # Errors that come from bad input: shown as one clear line, not a traceback.
 # OSError covers missing files, unwritable output folders and full disks.
@@ -29,16 +26,6 @@ def user_errors_as_messages(command: Callable) -> Callable:
             sys.exit(2)
 
     return wrapper
-
-
-def resolve_data(data: str) -> Path:
-    """An existing file path, or the name of a registered dataset (e.g. ``pbmc3k``)."""
-    path = Path(data)
-    if path.is_file():
-        return path
-    if data in DATASETS:
-        return dataset_path(data)
-    raise FileNotFoundError(f"{data!r} is neither a file nor a registered dataset ({sorted(DATASETS)})")
 
 
 def parse_assignment(text: str) -> tuple[str, str]:

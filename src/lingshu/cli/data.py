@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from lingshu.cli import app
-from lingshu.cli._common import resolve_data, user_errors_as_messages
+from lingshu.cli._common import user_errors_as_messages
 from lingshu.data.io import read_counts
-from lingshu.data.paths import DATASETS, data_dir, dataset_path
+from lingshu.data.paths import DATASETS, data_dir, dataset_path, resolve_data
 from lingshu.data.splits import apply_cell_split, load_split, make_cell_split, save_split
 from lingshu.data.writing import write_h5ad_atomic
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from lingshu.cli import app
-from lingshu.cli._common import resolve_data, user_errors_as_messages
+from lingshu.cli._common import user_errors_as_messages
 from lingshu.config import PRESETS
 from lingshu.data.io import read_counts
+from lingshu.data.paths import resolve_data
 from lingshu.data.splits import apply_cell_split, load_split
 from lingshu.training.run import train as train_model
 

@@ -136,3 +136,13 @@ def _download_pbmc3k(target: Path, url: str) -> Path:
         adata.write_h5ad(partial)
         os.replace(partial, target)
     return target
+
+
+def resolve_data(data: str | Path) -> Path:
+    """An existing file path, or the name of a registered dataset (e.g. ``pbmc3k``)."""
+    path = Path(data)
+    if path.is_file():
+        return path
+    if str(data) in DATASETS:
+        return dataset_path(str(data))
+    raise FileNotFoundError(f"{data!r} is neither a file nor a registered dataset ({sorted(DATASETS)})")

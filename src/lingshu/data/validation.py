@@ -22,10 +22,13 @@ def iter_row_chunks(matrix, chunk_size: int = 2048) -> Iterator[sp.csr_matrix | 
         yield matrix[start : start + chunk_size]
 
 
-def validate_counts(matrix, layer: str | None = None, chunk_size: int = 2048) -> None:
+def validate_counts(
+    matrix, layer: str | None = None, chunk_size: int = 2048, require_counts: bool = True
+) -> None:
     """Raise ``CountsValidationError`` unless ``matrix`` is non-empty, finite, non-negative integers.
 
-    Works chunk by chunk, so a disk-backed matrix is never loaded whole.
+    Works chunk by chunk, so a disk-backed matrix is never loaded whole. ``require_counts=False``
+    accepts a matrix of zeros (e.g. generated cells being scored, however poor).
     """
     where = _where(layer)
     n_cells, n_genes = matrix.shape
@@ -62,5 +65,5 @@ def validate_counts(matrix, layer: str | None = None, chunk_size: int = 2048) ->
                 "(sc.pp.scale?); pass the raw UMI counts"
             )
         total += float(values.sum())
-    if total == 0:
+    if require_counts and total == 0:
         raise CountsValidationError(f"{where} holds only zeros; no counts to learn from")

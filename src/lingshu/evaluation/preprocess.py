@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from lingshu.data.validation import CountsValidationError, validate_counts
+
 TARGET_SUM = 10_000.0
 
 
@@ -32,10 +34,10 @@ def count_matrix(adata: AnnData, layer: str | None = None) -> sp.csr_matrix:
 
 
 def check_counts(adata: AnnData, name: str = "input", layer: str | None = None) -> None:
-    """Raise ``ValueError`` unless the counts of ``adata`` are finite, non-negative integers.
-
-    Log-normalised or scaled input is the usual mistake; the message says so.
-    """
+    """Raise ``ValueError`` unless the counts of ``adata`` are finite, non-negative integers
+    (the training-data check of :func:`lingshu.data.validation.validate_counts`, prefixed with
+    ``name``) with unique gene names. Log-normalised input is the usual mistake; the message
+    says so."""
     if adata.n_obs == 0:
         raise ValueError(f"{name}: has no cells")
     if adata.n_vars == 0:
@@ -46,21 +48,10 @@ def check_counts(adata: AnnData, name: str = "input", layer: str | None = None) 
             f"{name}: gene names are not unique (e.g. {duplicated}); "
             "call adata.var_names_make_unique() or aggregate duplicates first"
         )
-    values = count_matrix(adata, layer).data
-    if values.size == 0:
-        return
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
-        raise ValueError(f"{name}: counts must be numeric, got dtype {values.dtype}")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name}: counts contain NaN or infinite values")
-    if values.min() < 0:
-        raise ValueError(f"{name}: counts contain negative values (min {values.min()})")
-    if not np.issubdtype(values.dtype, np.integer) and not np.all(values == np.round(values)):
-        where = "X" if layer is None else f"layers[{layer!r}]"
-        raise ValueError(
-            f"{name}: {where} holds non-integer values; raw UMI counts are required "
-            "(log-normalised input? pass the raw counts, e.g. from a 'counts' layer)"
-        )
+    try:
+        validate_counts(count_matrix(adata, layer), layer, require_counts=False)
+    except CountsValidationError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def shared_genes(adatas: Sequence[AnnData]) -> list[str]:
