@@ -28,7 +28,7 @@ class ModelConfig:
 
     n_genes: int = 0
     n_condition_tokens: int = 0
-    n_condition_slots: int = 0
+    n_condition_slots: int = 0  # condition positions prepended to a cell
     d_model: int = 640
     n_layers: int = 13
     n_heads: int = 10
@@ -67,6 +67,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
+    # Controls (the perturbation slot's control label) are capped at this fraction of the
+    # training cells, as in the paper; 1.0 keeps every control cell.
+    max_control_fraction: float = 0.1
     # Recompute each block's activations in the backward pass: less memory, ~30% more compute.
     activation_checkpointing: bool = False
 

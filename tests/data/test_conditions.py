@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lingshu.data.conditions import ConditionMap
+from lingshu.data.conditions import NO_LABEL, ConditionMap, cap_controls
 
 
 @pytest.fixture
@@ -39,3 +39,67 @@ def test_missing_column_and_missing_labels_are_rejected(obs):
 def test_no_keys_means_an_unconditional_map(obs):
     cmap = ConditionMap.from_obs(obs, {})
     assert cmap.n_slots == 0 and cmap.encode_obs(obs).shape == (4, 0)
+
+
+@pytest.fixture
+def perturbed_obs():
+    return pd.DataFrame(
+        {
+            "line": ["K562", "K562", "K562", "A172", "A172", "K562"],
+            "gene": ["ctrl", "TP53", "MYC+TP53", "ctrl", "MYC", "MYC"],
+        }
+    )
+
+
+def test_combinations_take_one_sorted_token_per_gene_padded_to_the_widest(perturbed_obs):
+    cmap = ConditionMap.from_obs(
+        perturbed_obs, {"source": "line", "perturbation": "gene"}, control_label="ctrl"
+    )
+    slot = cmap.slot("perturbation")
+    assert slot.width == 2 and slot.labels == ["MYC", "TP53", "ctrl", NO_LABEL]
+    assert cmap.n_positions == 3 and cmap.n_slots == 2
+    tokens = cmap.encode_obs(perturbed_obs)
+    offset = cmap.offsets[1]
+    myc, tp53, ctrl, pad = (offset + i for i in range(4))
+    np.testing.assert_array_equal(
+        tokens[:, 1:], [[ctrl, pad], [tp53, pad], [myc, tp53], [ctrl, pad], [myc, pad], [myc, pad]]
+    )
+    # Order of the parts does not matter, and a combination never seen as such can be asked for.
+    np.testing.assert_array_equal(
+        cmap.encode_labels(["A172", "TP53+MYC"]), cmap.encode_labels(["A172", "MYC+TP53"])
+    )
+    assert cmap.with_control(["A172", "MYC"]) == ["A172", "ctrl"]
+    assert ConditionMap.from_dict(cmap.to_dict()) == cmap
+
+
+def test_unseen_genes_and_too_many_parts_are_rejected(perturbed_obs):
+    cmap = ConditionMap.from_obs(
+        perturbed_obs, {"source": "line", "perturbation": "gene"}, control_label="ctrl"
+    )
+    with pytest.raises(ValueError, match="'TP35' .*never seen in training.*nearest known: TP53"):
+        cmap.encode_labels(["K562", "TP35"])
+    with pytest.raises(ValueError, match="combines 3 parts"):
+        cmap.encode_labels(["K562", "MYC+TP53+KRAS"])
+    with pytest.raises(ValueError, match="control label 'control' does not occur"):
+        ConditionMap.from_obs(perturbed_obs, {"perturbation": "gene"}, control_label="control")
+    with pytest.raises(ValueError, match="needs its control label"):
+        ConditionMap.from_obs(perturbed_obs, {"perturbation": "gene"})
+
+
+def test_controls_are_capped_with_every_context_keeping_some():
+    obs = pd.DataFrame(
+        {
+            "line": ["a"] * 300 + ["b"] * 100 + ["a"] * 90 + ["b"] * 10,
+            "gene": ["ctrl"] * 400 + ["X"] * 100,
+        }
+    )
+    kept = cap_controls(obs, "gene", "ctrl", 0.1, seed=0, context_key="line")
+    chosen = obs.iloc[kept]
+    controls = chosen[chosen.gene == "ctrl"]
+    assert (chosen.gene == "X").sum() == 100  # every perturbed cell stays
+    assert len(controls) / len(chosen) <= 0.1 + 1 / len(chosen)
+    assert set(controls.line) == {"a", "b"}
+    np.testing.assert_array_equal(kept, cap_controls(obs, "gene", "ctrl", 0.1, seed=0, context_key="line"))
+    assert len(cap_controls(obs, "gene", "ctrl", 1.0, seed=0)) == len(obs)
+    with pytest.raises(ValueError, match="control fraction"):
+        cap_controls(obs, "gene", "ctrl", 0.0, seed=0)

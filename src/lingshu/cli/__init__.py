@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_SUBCOMMAND_MODULES = ("data", "train", "generate", "evaluate", "benchmark")
+_SUBCOMMAND_MODULES = ("data", "train", "generate", "predict", "evaluate", "benchmark")
 
 for _name in _SUBCOMMAND_MODULES:
     try:

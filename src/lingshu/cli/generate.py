@@ -25,6 +25,12 @@ def generate(
         help="KEY=LABEL for a conditional model, e.g. --condition cell_type=B "
         "(repeat for several conditions). Default: conditions drawn in training proportions.",
     ),
+    guidance: float = typer.Option(
+        0.0,
+        "--guidance",
+        help="Classifier-free guidance w against the control label (perturbation models only; "
+        "0 = none, as for unconditional generation).",
+    ),
     batch_size: int = typer.Option(128, "--batch-size", help="Cells generated together per forward pass."),
     raw_weights: bool = typer.Option(
         False, "--raw-weights", help="Sample with the raw instead of EMA weights."
@@ -45,6 +51,7 @@ def generate(
         use_ema=not raw_weights,
         progress=progress,
         conditions=requested or None,
+        guidance=guidance,
     )
     write_h5ad_atomic(adata, out)
     typer.echo(f"wrote {adata.n_obs:,} cells x {adata.n_vars:,} genes to {out} ({steps} steps)")

@@ -56,6 +56,25 @@ def train(
         help="obs column of the source condition (cell type, cell line, donor): "
         "one condition token per label, prepended to each cell, for conditional generation.",
     ),
+    perturbation_key: str | None = typer.Option(
+        None,
+        "--perturbation-key",
+        help="obs column of the perturbation (target gene, cytokine or the control label); "
+        "combinations written A+B get one token per gene.",
+    ),
+    control_label: str | None = typer.Option(
+        None, "--control-label", help="The perturbation column's control label, e.g. non-targeting."
+    ),
+    control_fraction: float | None = typer.Option(
+        None,
+        "--control-fraction",
+        help="Cap control cells at this fraction of the training cells (paper: 0.1; 1 keeps all).",
+    ),
+    perturbation_kind: str = typer.Option(
+        "genetic",
+        "--perturbation-kind",
+        help="genetic or cytokine: sets the default guidance (2 or 3) and whether the prior is used.",
+    ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
     backed: bool = typer.Option(
@@ -79,9 +98,15 @@ def train(
         "peak_lr": lr,
         "seed": seed,
         "activation_checkpointing": activation_checkpointing or None,
+        "max_control_fraction": control_fraction,
     }
     train_overrides = {k: v for k, v in overrides.items() if v is not None}
     model_overrides = {} if patch_size is None else {"patch_size": patch_size}
+    condition_keys = {"source": source_key} if source_key else {}
+    if perturbation_key:
+        condition_keys["perturbation"] = perturbation_key
+    elif control_label:
+        raise ValueError("--control-label needs --perturbation-key")
     typer.echo(f"training on {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
     result = train_model(
         adata,
@@ -93,7 +118,9 @@ def train(
         resume=resume,
         device=device,
         progress=progress,
-        condition_keys={"source": source_key} if source_key else None,
+        condition_keys=condition_keys,
+        control_label=control_label,
+        perturbation_kind=perturbation_kind,
     )
     last = result.log[-1] if result.log else {}
     typer.echo(

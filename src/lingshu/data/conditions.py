@@ -1,9 +1,11 @@
-"""Condition labels (e.g. cell type) <-> condition-token indices, stored with a model.
+"""Condition labels (cell type, cell line, perturbation) <-> condition-token indices.
 
-Each *slot* is one condition token prepended to a cell (the paper's *source* and *perturbation*).
+Each *slot* is one condition role prepended to a cell (the paper's *source* and *perturbation*).
 Slot k's labels take token indices ``offset_k .. offset_k + n_labels_k - 1`` among the model's
-condition tokens. The observed label combinations and their counts are kept, so that an
-unconditional request can draw conditions in training proportions.
+condition tokens. A *combinable* slot (perturbations) splits a label such as ``A+B`` into one
+token per perturbed gene, sorted, over ``width`` positions padded with :data:`NO_LABEL`, so that
+an unseen combination of seen genes can be asked for. The observed label combinations and their
+counts are kept, so that an unconditional request can draw conditions in training proportions.
 """
 
 from __future__ import annotations
@@ -14,14 +16,33 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+# Fills the unused positions of a combinable slot (a single perturbation in a 2-wide slot).
+NO_LABEL = "<none>"
+PERTURBATION_KINDS = ("genetic", "cytokine")
+
 
 @dataclass
 class ConditionSlot:
-    """One condition token: its role, the ``obs`` column it comes from, and its labels."""
+    """One condition role: the ``obs`` column it comes from and its token labels.
+
+    ``separator`` (e.g. ``"+"``) makes the slot combinable: ``labels`` are then the single parts
+    (genes) plus the control label, and a cell takes ``width`` positions.
+    """
 
     name: str
     key: str
     labels: list[str]
+    width: int = 1
+    separator: str | None = None
+    control_label: str | None = None
+    kind: str | None = None  # "genetic" or "cytokine" for a perturbation slot
+
+    def parts(self, label: str) -> list[str]:
+        """The tokens of one label: its sorted parts for a combinable slot, else the label."""
+        label = str(label)
+        if self.separator is None or label == self.control_label:
+            return [label]
+        return sorted(part.strip() for part in label.split(self.separator))
 
 
 @dataclass
@@ -37,6 +58,11 @@ class ConditionMap:
         return len(self.slots)
 
     @property
+    def n_positions(self) -> int:
+        """Condition tokens prepended to every cell (a combinable slot takes ``width``)."""
+        return sum(slot.width for slot in self.slots)
+
+    @property
     def n_tokens(self) -> int:
         return sum(len(slot.labels) for slot in self.slots)
 
@@ -44,9 +70,29 @@ class ConditionMap:
     def offsets(self) -> list[int]:
         return list(np.cumsum([0] + [len(slot.labels) for slot in self.slots[:-1]])) if self.slots else []
 
+    def slot(self, name: str) -> ConditionSlot | None:
+        """The slot with this role name (``source`` / ``perturbation``), or None."""
+        return next((s for s in self.slots if s.name == name), None)
+
     @classmethod
-    def from_obs(cls, obs: pd.DataFrame, keys: dict[str, str]) -> ConditionMap:
-        """Build from ``obs`` columns, e.g. ``{"source": "cell_type"}``; every cell needs a label."""
+    def from_obs(
+        cls,
+        obs: pd.DataFrame,
+        keys: dict[str, str],
+        control_label: str | None = None,
+        separator: str = "+",
+        perturbation_kind: str = "genetic",
+    ) -> ConditionMap:
+        """Build from ``obs`` columns, e.g. ``{"source": "cell_type", "perturbation": "gene"}``.
+
+        Every cell needs a label. The ``perturbation`` slot is combinable (``separator``) and
+        must contain ``control_label``, under which control cells are trained;
+        ``perturbation_kind`` (genetic or cytokine) sets the default guidance and prior.
+        """
+        if perturbation_kind not in PERTURBATION_KINDS:
+            raise ValueError(
+                f"perturbation kind must be one of {PERTURBATION_KINDS}, got {perturbation_kind!r}"
+            )
         slots = []
         for name, key in keys.items():
             if key not in obs.columns:
@@ -60,7 +106,27 @@ class ConditionMap:
                     f"obs[{key!r}] has {int(values.isna().sum())} cells without a label; "
                     "label or drop them before training"
                 )
-            slots.append(ConditionSlot(name, key, sorted(map(str, values.unique()))))
+            unique = sorted(map(str, values.unique()))
+            if name != "perturbation":
+                slots.append(ConditionSlot(name, key, unique))
+                continue
+            if control_label is None:
+                raise ValueError("a perturbation condition needs its control label (--control-label)")
+            if control_label not in unique:
+                near = difflib.get_close_matches(control_label, unique, n=3, cutoff=0.3)
+                raise ValueError(
+                    f"control label {control_label!r} does not occur in obs[{key!r}]"
+                    + (f"; nearest: {', '.join(near)}" if near else "")
+                )
+            slot = ConditionSlot(
+                name, key, [], separator=separator, control_label=control_label, kind=perturbation_kind
+            )
+            parts = [slot.parts(label) for label in unique]
+            slot.width = max(len(p) for p in parts)
+            slot.labels = sorted({part for p in parts for part in p})
+            if slot.width > 1:
+                slot.labels.append(NO_LABEL)
+            slots.append(slot)
         result = cls(slots)
         if slots:
             combos = obs[[s.key for s in slots]].astype(str).value_counts(sort=False).sort_index()
@@ -74,31 +140,49 @@ class ConditionMap:
         try:
             return offset + slot.labels.index(str(label))
         except ValueError:
-            near = difflib.get_close_matches(str(label), slot.labels, n=3, cutoff=0.3)
+            known = [name for name in slot.labels if name != NO_LABEL]
+            near = difflib.get_close_matches(str(label), known, n=3, cutoff=0.3)
+            seen = "was never seen in training" if slot.name == "perturbation" else "is unknown"
             raise ValueError(
-                f"unknown {slot.name} label {label!r} for obs[{slot.key!r}]; "
+                f"{slot.name} {label!r} (obs[{slot.key!r}]) {seen}; "
                 + (f"nearest known: {', '.join(near)}; " if near else "")
-                + f"{len(slot.labels)} known labels: {', '.join(slot.labels[:12])}"
-                + (", ..." if len(slot.labels) > 12 else "")
+                + f"{len(known)} known: {', '.join(known[:12])}"
+                + (", ..." if len(known) > 12 else "")
             ) from None
 
+    def _slot_tokens(self, slot: ConditionSlot, offset: int, label: str) -> list[int]:
+        """Token indices of one label in one slot, padded to the slot's width."""
+        parts = slot.parts(label)
+        if len(parts) > slot.width:
+            raise ValueError(
+                f"{slot.name} {label!r} combines {len(parts)} parts; this model was trained on at "
+                f"most {slot.width} per cell"
+            )
+        if len(set(parts)) < len(parts):
+            raise ValueError(f"{slot.name} {label!r} names the same part twice")
+        padding = [NO_LABEL] * (slot.width - len(parts))
+        return [self._index(slot, offset, part) for part in parts + padding]
+
     def encode_obs(self, obs: pd.DataFrame) -> np.ndarray:
-        """Condition-token indices (n_cells, n_slots) of the cells in ``obs``."""
+        """Condition-token indices (n_cells, n_positions) of the cells in ``obs``."""
         columns = []
         for slot, offset in zip(self.slots, self.offsets):
-            lookup = {label: offset + i for i, label in enumerate(slot.labels)}
             values = obs[slot.key].astype(str)
-            unknown = sorted(set(values) - set(lookup))
-            if unknown:
-                self._index(slot, offset, unknown[0])  # raises with the nearest names
-            columns.append(values.map(lookup).to_numpy(dtype=np.int64))
-        return np.stack(columns, axis=1) if columns else np.zeros((len(obs), 0), dtype=np.int64)
+            lookup = {label: self._slot_tokens(slot, offset, label) for label in values.unique()}
+            columns.append(np.array([lookup[v] for v in values], dtype=np.int64).reshape(len(obs), -1))
+        return np.concatenate(columns, axis=1) if columns else np.zeros((len(obs), 0), dtype=np.int64)
 
     def encode_labels(self, labels: list[str]) -> np.ndarray:
-        """Token indices for one label per slot, in slot order."""
+        """Token indices (n_positions,) for one label per slot, in slot order."""
         if len(labels) != self.n_slots:
             raise ValueError(f"expected {self.n_slots} labels ({[s.key for s in self.slots]}), got {labels}")
-        return np.array([self._index(s, o, lab) for s, o, lab in zip(self.slots, self.offsets, labels)])
+        return np.array(
+            [i for s, o, lab in zip(self.slots, self.offsets, labels) for i in self._slot_tokens(s, o, lab)]
+        )
+
+    def with_control(self, labels: list[str]) -> list[str]:
+        """The same labels with the perturbation replaced by the control label (the CFG reference)."""
+        return [s.control_label if s.name == "perturbation" else lab for s, lab in zip(self.slots, labels)]
 
     def resolve(self, requested: dict[str, str]) -> list[str]:
         """Turn ``{obs key or slot name: label}`` into one label per slot (all slots required)."""
@@ -117,7 +201,18 @@ class ConditionMap:
 
     def to_dict(self) -> dict:
         return {
-            "slots": [{"name": s.name, "key": s.key, "labels": s.labels} for s in self.slots],
+            "slots": [
+                {
+                    "name": s.name,
+                    "key": s.key,
+                    "labels": s.labels,
+                    "width": s.width,
+                    "separator": s.separator,
+                    "control_label": s.control_label,
+                    "kind": s.kind,
+                }
+                for s in self.slots
+            ],
             "combinations": self.combinations,
             "combination_counts": self.combination_counts,
         }
@@ -125,7 +220,54 @@ class ConditionMap:
     @classmethod
     def from_dict(cls, values: dict) -> ConditionMap:
         return cls(
-            [ConditionSlot(s["name"], s["key"], list(s["labels"])) for s in values.get("slots", [])],
+            [
+                ConditionSlot(
+                    s["name"],
+                    s["key"],
+                    list(s["labels"]),
+                    int(s.get("width", 1)),
+                    s.get("separator"),
+                    s.get("control_label"),
+                    s.get("kind"),
+                )
+                for s in values.get("slots", [])
+            ],
             [list(c) for c in values.get("combinations", [])],
             [int(c) for c in values.get("combination_counts", [])],
         )
+
+
+def cap_controls(
+    obs: pd.DataFrame,
+    perturbation_key: str,
+    control_label: str,
+    max_fraction: float,
+    seed: int,
+    context_key: str | None = None,
+) -> np.ndarray:
+    """Row indices of the cells to train on, with control cells at most ``max_fraction`` of them.
+
+    The paper caps controls at 10% so that they do not dominate the perturbation signal. Kept
+    controls are spread over contexts in proportion to each context's controls (at least one
+    each), so every context keeps a reference for guidance. ``max_fraction >= 1`` keeps all cells.
+    """
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"the control fraction must lie in (0, 1], got {max_fraction}")
+    is_control = (obs[perturbation_key].astype(str) == control_label).to_numpy()
+    n_control, n_other = int(is_control.sum()), int((~is_control).sum())
+    budget = n_control if max_fraction >= 1 else int(max_fraction / (1 - max_fraction) * n_other)
+    if budget >= n_control:
+        return np.arange(len(obs))
+    rng = np.random.default_rng([seed, 0xC7A1])
+    controls = np.flatnonzero(is_control)
+    groups = (
+        obs[context_key].astype(str).to_numpy()[controls]
+        if context_key
+        else np.zeros(len(controls), dtype=int)
+    )
+    kept = []
+    for group in np.unique(groups):
+        members = controls[groups == group]
+        share = max(1, int(round(budget * len(members) / n_control)))
+        kept.append(rng.choice(members, size=min(share, len(members)), replace=False))
+    return np.sort(np.concatenate([np.flatnonzero(~is_control), *kept]))

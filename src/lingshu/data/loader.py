@@ -32,21 +32,26 @@ class AlignedCounts:
     """Row access to raw counts in vocabulary gene order.
 
     ``rows(indices)`` returns a dense int32 array (len(indices), n_vocab_genes). Unobserved genes
-    hold 0 there; ``observed`` says which genes carry real measurements.
+    hold 0 there; ``observed`` says which genes carry real measurements. ``cells`` restricts the
+    data to those rows of ``adata`` (e.g. after capping controls) without copying the matrix;
+    indices passed to ``rows`` then count within that subset.
     """
 
-    def __init__(self, adata: ad.AnnData, alignment: GeneAlignment):
+    def __init__(self, adata: ad.AnnData, alignment: GeneAlignment, cells: np.ndarray | None = None):
         self.adata = adata
         self.alignment = alignment
         self.observed = alignment.observed
         self.backed = bool(adata.isbacked)
+        self.cells = None if cells is None else np.asarray(cells, dtype=np.int64)
 
     @property
     def n_cells(self) -> int:
-        return self.adata.n_obs
+        return self.adata.n_obs if self.cells is None else len(self.cells)
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
+        if self.cells is not None:
+            indices = self.cells[indices]
         # h5py needs increasing indices: read sorted, then restore the requested order.
         order = np.argsort(indices, kind="stable")
         sorted_rows = self.adata.X[indices[order]]

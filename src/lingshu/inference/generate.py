@@ -15,6 +15,7 @@ import lingshu
 from lingshu.data.conditions import ConditionMap
 from lingshu.data.tokenizer import decode_tokens
 from lingshu.model.diffusion import sample_tokens
+from lingshu.model.transformer import MaskPredictor
 from lingshu.runtime import keep_freed_memory
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
 
@@ -31,6 +32,7 @@ def generate(
     use_ema: bool = True,
     progress: bool = True,
     conditions: dict[str, str] | None = None,
+    guidance: float = 0.0,
 ) -> ad.AnnData:
     """Generate ``n_cells`` new cells by iterative unmasking (``n_steps`` forward passes per batch).
 
@@ -38,6 +40,8 @@ def generate(
     provenance in ``uns['lingshu']``. The same seed, checkpoint and batch size give the same cells.
     For a conditional model, ``conditions`` fixes one label per condition (``{"cell_type": "B"}``);
     without it, conditions are drawn in their training proportions. Labels go to ``obs``.
+    ``guidance`` w > 0 applies classifier-free guidance against the control label of a
+    perturbation model (``l(ctrl) + (w+1)(l(c) - l(ctrl))``); unconditional generation uses none.
     """
     if n_cells < 1:
         raise ValueError(f"n_cells must be >= 1, got {n_cells}")
@@ -47,42 +51,101 @@ def generate(
     model = source.build_model(use_ema=use_ema).to(device)
     condition_map = ConditionMap.from_dict(source.conditions)
     labels = condition_labels(condition_map, n_cells, conditions, seed)
-    token_ids = (
-        torch.from_numpy(np.stack([condition_map.encode_labels(list(row)) for row in labels.to_numpy()]))
-        if condition_map.n_slots
-        else None
+    token_ids = encode_rows(condition_map, labels)
+    control_ids = None
+    if guidance:
+        if condition_map.slot("perturbation") is None:
+            raise ValueError("guidance needs a model trained with a perturbation condition (and its control)")
+        control_ids = encode_rows(condition_map, labels, as_control=True)
+    counts = sample_counts(
+        model, n_cells, n_steps, seed, batch_size, device, progress, token_ids, control_ids, guidance
     )
-    generator = torch.Generator().manual_seed(seed)
-    keep_freed_memory()  # every sampling step allocates the same big tensors: reuse their pages
-    blocks = []
-    with tqdm(total=n_cells, disable=not progress, desc="generating", unit="cell") as bar:
-        for start in range(0, n_cells, batch_size):
-            size = min(batch_size, n_cells - start)
-            batch_conditions = None if token_ids is None else token_ids[start : start + size].to(device)
-            tokens = sample_tokens(
-                model, size, n_steps, generator, conditions=batch_conditions, device=device
-            )
-            blocks.append(sp.csr_matrix(decode_tokens(tokens.cpu().numpy()).astype(np.int32)))
-            bar.update(size)
-    counts = sp.vstack(blocks, format="csr")
     adata = ad.AnnData(
         X=counts,
         obs=labels.set_axis([f"generated_{i}" for i in range(n_cells)]),
         var=pd.DataFrame(index=pd.Index(source.vocabulary.genes)),
     )
-    adata.uns["lingshu"] = {
+    adata.uns["lingshu"] = provenance(
+        checkpoint,
+        source,
+        n_steps=n_steps,
+        seed=seed,
+        batch_size=batch_size,
+        weights="ema" if use_ema else "raw",
+        guidance=guidance,
+        conditions=dict(conditions or {}) or ("training proportions" if condition_map.n_slots else "none"),
+    )
+    return adata
+
+
+def provenance(checkpoint: str | Path | Checkpoint, source: Checkpoint, **settings) -> dict:
+    """What made a set of cells: package, checkpoint, its data and the sampling settings."""
+    return {
         "package_version": lingshu.__version__,
         "checkpoint": str(checkpoint) if not isinstance(checkpoint, Checkpoint) else "",
         "checkpoint_step": source.step,
         "data_fingerprint": source.data_fingerprint,
-        "n_steps": n_steps,
-        "seed": seed,
-        "batch_size": batch_size,
-        "weights": "ema" if use_ema else "raw",
         "decoding": DECODING_RULE,
-        "conditions": dict(conditions or {}) or ("training proportions" if condition_map.n_slots else "none"),
+        **settings,
     }
-    return adata
+
+
+def encode_rows(
+    condition_map: ConditionMap, labels: pd.DataFrame, as_control: bool = False
+) -> torch.Tensor | None:
+    """Condition tokens (n, n_positions) for rows of labels (optionally their control version)."""
+    if not condition_map.n_slots:
+        return None
+    rows = [list(row) for row in labels.to_numpy()]
+    if as_control:
+        rows = [condition_map.with_control(row) for row in rows]
+    return torch.from_numpy(np.stack([condition_map.encode_labels(row) for row in rows]))
+
+
+def sample_counts(
+    model: MaskPredictor,
+    n_cells: int,
+    n_steps: int,
+    seed: int,
+    batch_size: int,
+    device: str | torch.device,
+    progress: bool,
+    condition_ids: torch.Tensor | None = None,
+    control_ids: torch.Tensor | None = None,
+    guidance: float = 0.0,
+    prefill: torch.Tensor | None = None,
+    desc: str = "generating",
+) -> sp.csr_matrix:
+    """Sample ``n_cells`` in batches and decode them to a CSR int32 count matrix.
+
+    ``condition_ids`` / ``control_ids`` are (n_cells, n_positions) condition tokens (the latter
+    the CFG reference), ``prefill`` (n_cells, G) holds fixed token ids (>= 0) or -1.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    keep_freed_memory()  # every sampling step allocates the same big tensors: reuse their pages
+    blocks = []
+    with tqdm(total=n_cells, disable=not progress, desc=desc, unit="cell") as bar:
+        for start in range(0, n_cells, batch_size):
+            part = slice(start, min(start + batch_size, n_cells))
+            size = part.stop - start
+
+            def rows(values: torch.Tensor | None, part: slice = part) -> torch.Tensor | None:
+                return None if values is None else values[part].to(device)
+
+            tokens = sample_tokens(
+                model,
+                size,
+                n_steps,
+                generator,
+                conditions=rows(condition_ids),
+                control_conditions=rows(control_ids),
+                guidance=guidance,
+                prefill=rows(prefill),
+                device=device,
+            )
+            blocks.append(sp.csr_matrix(decode_tokens(tokens.cpu().numpy()).astype(np.int32)))
+            bar.update(size)
+    return sp.vstack(blocks, format="csr")
 
 
 def condition_labels(

@@ -6,6 +6,7 @@ Layout of a checkpoint directory::
     config.json          model and training configuration
     vocabulary.json      gene symbols (and Ensembl ids) in model order
     conditions.json      condition label <-> id maps (empty for unconditional models)
+    prior.json           genes each genetic perturbation strongly down-regulates, per context
     permutation.npy      the fixed random gene permutation of sequence compression
     model.pt, ema.pt     weights and their power-function EMA
     optimizer.pt         AdamW state (for --resume)
@@ -45,6 +46,7 @@ class Checkpoint:
     model_state: dict
     ema_state: dict
     conditions: dict = field(default_factory=dict)
+    prior: dict = field(default_factory=dict)
     optimizer_state: dict | None = None
     step: int = 0
     data_fingerprint: str = ""
@@ -72,6 +74,7 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path) -> None:
         )
         _write_json(tmp / "vocabulary.json", checkpoint.vocabulary.to_dict())
         _write_json(tmp / "conditions.json", checkpoint.conditions)
+        _write_json(tmp / "prior.json", checkpoint.prior)
         np.save(tmp / "permutation.npy", checkpoint.model_state["permutation"].cpu().numpy())
         torch.save(checkpoint.model_state, tmp / "model.pt")
         torch.save(checkpoint.ema_state, tmp / "ema.pt")
@@ -111,6 +114,7 @@ def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint
     manifest = json.loads((directory / "manifest.json").read_text())
     log_path = directory / "train_log.jsonl"
     conditions_path = directory / "conditions.json"
+    prior_path = directory / "prior.json"
     optimizer_path = directory / "optimizer.pt"
     return Checkpoint(
         model_config=config_from_dict(ModelConfig, config["model"]),
@@ -119,6 +123,7 @@ def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint
         model_state=torch.load(directory / "model.pt", map_location="cpu", weights_only=True),
         ema_state=torch.load(directory / "ema.pt", map_location="cpu", weights_only=True),
         conditions=json.loads(conditions_path.read_text()) if conditions_path.is_file() else {},
+        prior=json.loads(prior_path.read_text()) if prior_path.is_file() else {},
         optimizer_state=(
             torch.load(optimizer_path, map_location="cpu", weights_only=True)
             if with_optimizer and optimizer_path.is_file()

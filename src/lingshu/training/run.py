@@ -12,8 +12,9 @@ import scipy.sparse as sp
 import torch
 
 from lingshu.config import ModelConfig, TrainConfig, get_preset
-from lingshu.data.conditions import ConditionMap
+from lingshu.data.conditions import ConditionMap, cap_controls
 from lingshu.data.loader import AlignedCounts
+from lingshu.data.prior import down_regulated_by_target
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneVocabulary
@@ -64,13 +65,18 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     condition_keys: dict[str, str] | None = None,
+    control_label: str | None = None,
+    perturbation_kind: str = "genetic",
 ) -> Checkpoint:
     """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
 
     With ``resume=True`` training continues from the checkpoint in ``out_dir`` (same data
     required) up to the configured ``max_steps``; on CPU the result equals an uninterrupted run.
     ``condition_keys`` maps condition roles to ``obs`` columns, e.g. ``{"source": "cell_type"}``:
-    each becomes a condition token prepended to every cell (never masked).
+    each becomes a condition token prepended to every cell (never masked). A ``perturbation``
+    key needs ``control_label``: controls are trained under it, capped at
+    ``max_control_fraction`` of the cells, and for genetic perturbations the genes each target
+    strongly down-regulates per context are stored with the model for prior injection.
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -81,6 +87,7 @@ def train(
             raise ValueError(f"--resume: the data differ from those {out_dir} was trained on")
         vocabulary = previous.vocabulary
         conditions = ConditionMap.from_dict(previous.conditions)
+        prior = previous.prior
         model_config = previous.model_config
         train_config = replace(previous.train_config, **(train_overrides or {}))
     else:
@@ -88,19 +95,44 @@ def train(
             raise FileExistsError(f"{out_dir} already holds a checkpoint; pass --resume or another --out")
         chosen = get_preset(preset)
         vocabulary = vocabulary or GeneVocabulary.from_adata(adata, min_cells=min_cells)
-        conditions = ConditionMap.from_obs(adata.obs, condition_keys or {})
+        conditions = ConditionMap.from_obs(
+            adata.obs, condition_keys or {}, control_label=control_label, perturbation_kind=perturbation_kind
+        )
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
             n_condition_tokens=conditions.n_tokens,
-            n_condition_slots=conditions.n_slots,
+            n_condition_slots=conditions.n_positions,
             **(model_overrides or {}),
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
+    perturbation = conditions.slot("perturbation")
+    source = conditions.slot("source")
+    if not resume:
+        prior = (
+            down_regulated_by_target(adata, perturbation, source.key if source else None, train_config.seed)
+            if perturbation is not None and perturbation.kind == "genetic"
+            else {}
+        )
+    cells = None
+    if perturbation is not None:
+        cells = cap_controls(
+            adata.obs,
+            perturbation.key,
+            perturbation.control_label,
+            train_config.max_control_fraction,
+            train_config.seed,
+            context_key=source.key if source else None,
+        )
+        print(
+            f"training on {len(cells):,} of {adata.n_obs:,} cells (controls capped at "
+            f"{train_config.max_control_fraction:.0%})"
+        )
     alignment = vocabulary.align(adata)
     print(alignment.report())
     torch.manual_seed(train_config.seed)
-    data = AlignedCounts(adata, alignment)
+    data = AlignedCounts(adata, alignment, cells=cells)
+    obs = adata.obs if cells is None else adata.obs.iloc[cells]
     model = MaskPredictor(model_config)
     if model_config.token_prior and not resume:
         model.init_token_prior(token_frequencies(data))
@@ -124,11 +156,12 @@ def train(
             data_fingerprint=fingerprint,
             log=current.log,
             conditions=conditions.to_dict(),
+            prior=prior,
         )
 
     trainer.run(
         data,
-        conditions=conditions.encode_obs(adata.obs) if conditions.n_slots else None,
+        conditions=conditions.encode_obs(obs) if conditions.n_slots else None,
         on_checkpoint=lambda current: save_checkpoint(snapshot(current), out_dir),
         progress=progress,
     )

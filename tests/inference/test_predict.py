@@ -1,0 +1,111 @@
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from lingshu.data.conditions import ConditionMap
+from lingshu.inference.predict import Request, predict, read_requests
+from lingshu.model.diffusion import sample_tokens
+from lingshu.training.checkpoint import load_checkpoint
+from lingshu.training.run import train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tests.conftest import make_perturbation_adata
+
+    out = tmp_path_factory.mktemp("pert") / "ckpt"
+    train(
+        make_perturbation_adata(),
+        out,
+        preset="tiny",
+        train_overrides={"max_steps": 4, "batch_size": 16},
+        progress=False,
+        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
+        control_label="control",
+    )
+    return out
+
+
+def test_checkpoint_keeps_label_maps_capped_controls_and_the_prior(checkpoint):
+    source = load_checkpoint(checkpoint)
+    cmap = ConditionMap.from_dict(source.conditions)
+    assert cmap.slot("perturbation").width == 2 and cmap.slot("perturbation").kind == "genetic"
+    assert source.model_config.n_condition_slots == 3
+    assert sorted(source.prior["KO1"]["ctxB"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
+
+
+def test_prediction_prefills_the_prior_and_records_what_it_did(checkpoint, tmp_path):
+    cells = predict(
+        checkpoint, [Request("ctxA", "KO1", 6), Request("ctxB", "KO1+KO2", 4)], seed=0, progress=False
+    )
+    assert cells.shape[0] == 10 and cells.X.dtype == np.int32
+    assert list(cells.obs["perturbation"]) == ["KO1"] * 6 + ["KO1+KO2"] * 4
+    assert list(cells.obs["cell_line"]) == ["ctxA"] * 6 + ["ctxB"] * 4
+    first, second = cells.uns["lingshu"]["requests"]["0"], cells.uns["lingshu"]["requests"]["1"]
+    # ctxA's prior comes from ctxB's evidence; a combination takes the union of its genes' priors.
+    assert sorted(first["prior_genes"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
+    assert set(second["prior_genes"]) == {"DOWN1_a", "DOWN1_b", "DOWN2_a", "DOWN2_b", "KO1", "KO2"}
+    assert first["seen_in_training"] and second["seen_in_training"]
+    reordered = predict(checkpoint, [Request("ctxA", "KO2+KO1", 1)], progress=False)
+    assert reordered.uns["lingshu"]["requests"]["0"]["seen_in_training"]
+    genes = list(cells.var_names)
+    prior_columns = [genes.index(g) for g in first["prior_genes"]]
+    np.testing.assert_array_equal(cells.X[:6][:, prior_columns].toarray(), 1)  # count 1, never re-masked
+    assert cells.uns["lingshu"]["guidance"] == 2.0 and cells.uns["lingshu"]["n_steps"] == 3
+    cells.write_h5ad(tmp_path / "pred.h5ad")  # the provenance must be storable
+    assert ad.read_h5ad(tmp_path / "pred.h5ad").uns["lingshu"]["requests"]["1"]["perturbation"] == "KO1+KO2"
+
+
+def test_prior_off_guidance_and_seed_change_the_cells_as_asked(checkpoint):
+    def run(**kwargs):
+        return predict(checkpoint, [Request("ctxA", "KO2", 8)], progress=False, **kwargs).X.toarray()
+
+    base = run(seed=1)
+    np.testing.assert_array_equal(base, run(seed=1))
+    assert not np.array_equal(base, run(seed=2))
+    assert not np.array_equal(base, run(seed=1, guidance=0.0))
+    no_prior = predict(checkpoint, [Request("ctxA", "KO2", 8)], use_prior=False, progress=False)
+    assert len(no_prior.uns["lingshu"]["requests"]["0"]["prior_genes"]) == 0
+
+
+def test_bad_requests_fail_before_anything_is_generated(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="'KO3' .*never seen in training.*nearest known: KO2, KO1; 3 known"):
+        predict(checkpoint, [Request("ctxA", "KO1", 2), Request("ctxA", "KO3", 2)], progress=False)
+    with pytest.raises(ValueError, match="cell_line 'ctxC'|source 'ctxC'"):
+        predict(checkpoint, [Request("ctxC", "KO1", 2)], progress=False)
+    with pytest.raises(ValueError, match="give a context"):
+        predict(checkpoint, [Request(None, "KO1", 2)], progress=False)
+    table = tmp_path / "requests.csv"
+    table.write_text("context,perturbation,n_cells\nctxA,KO1,3\nctxB,control,\n")
+    assert read_requests(table, 5) == [Request("ctxA", "KO1", 3), Request("ctxB", "control", 5)]
+    (tmp_path / "bad.csv").write_text("context,target\nctxA,KO1\n")
+    with pytest.raises(ValueError, match="needs a 'perturbation' column"):
+        read_requests(tmp_path / "bad.csv", 5)
+
+
+def test_guidance_zero_samples_exactly_the_conditional_model(checkpoint):
+    model = load_checkpoint(checkpoint).build_model()
+    cmap = ConditionMap.from_dict(load_checkpoint(checkpoint).conditions)
+    conditions = torch.from_numpy(np.stack([cmap.encode_labels(["ctxA", "KO1"])] * 3))
+    control = torch.from_numpy(np.stack([cmap.encode_labels(["ctxA", "control"])] * 3))
+    plain = sample_tokens(model, 3, 4, torch.Generator().manual_seed(0), conditions=conditions)
+    guided = sample_tokens(
+        model, 3, 4, torch.Generator().manual_seed(0), conditions, control_conditions=control, guidance=0.0
+    )
+    torch.testing.assert_close(plain, guided, rtol=0, atol=0)
+
+
+def test_unseen_targets_can_be_sampled_under_the_control_token_with_the_prior(checkpoint):
+    cells = predict(
+        checkpoint,
+        [Request("ctxA", "NEWGENE", 3), Request("ctxB", "KO1+NEWGENE", 2)],
+        unseen_as_control=True,
+        progress=False,
+    )
+    first, second = cells.uns["lingshu"]["requests"]["0"], cells.uns["lingshu"]["requests"]["1"]
+    assert first["conditioned_on"] == "control" and not first["seen_in_training"]
+    assert second["conditioned_on"] == "KO1" and not second["seen_in_training"]
+    assert list(cells.obs["perturbation"]) == ["NEWGENE"] * 3 + ["KO1+NEWGENE"] * 2
+    # NEWGENE is not a measured gene, so only KO1's evidence from ctxA is pre-filled.
+    assert sorted(second["prior_genes"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
