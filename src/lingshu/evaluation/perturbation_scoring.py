@@ -57,7 +57,7 @@ def _quiet() -> Iterator[None]:
     """Silence cell-eval's INFO logging and pdex's progress bars for the duration of a call."""
     logger = logging.getLogger("cell_eval")
     level, previous = logger.level, os.environ.get("TQDM_DISABLE")
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)
     os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
