@@ -1,3 +1,4 @@
+import sys
 import time
 
 import anndata as ad
@@ -11,6 +12,7 @@ from lingshu.evaluation.perturbation_scoring import (
     METRICS,
     block_summary,
     context_file,
+    import_cell_eval,
     improvement_score,
     score_context,
     spearman_brown,
@@ -105,3 +107,9 @@ def test_fractional_counts_are_refused():
     expected.X = sp.csr_matrix(expected.X.toarray() * 0.5 + 0.25)
     with pytest.raises(ValueError, match="not integer counts"):
         context_file(expected, cells(rng, "control", 5), SPLIT, "pred")
+
+
+def test_missing_cell_eval_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cell_eval", None)  # makes `import cell_eval` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'lingshu-cell\[perturbation\]'"):
+        import_cell_eval()
