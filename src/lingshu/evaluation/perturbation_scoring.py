@@ -134,9 +134,7 @@ def score_context(
     metrics = [m for m in (*PER_CONTEXT_METRICS, "de_nsig_counts") if m != "discrimination_score_l1"]
     if len(perts) >= 2:  # with one perturbation in a file the PDS is 1.0 whatever the prediction
         metrics.append("discrimination_score_l1")
-    real_path = work_dir / "real.h5ad"
-    if not real_path.is_file():
-        write_h5ad_atomic(real, real_path)
+    real_path = write_h5ad_atomic(real, work_dir / "real.h5ad")  # always: never score a stale file
     pred_path = None
     if predicted is not None:
         pred_path = work_dir / "predicted.h5ad"
