@@ -10,7 +10,7 @@ DEMO_DIR ?= demo_output
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned in the same pip command so that no CUDA build is pulled in.
-	$(BIN)/pip install --quiet torch==2.13.0 -e ".[dev]"
+	$(BIN)/pip install --quiet torch==2.13.0 -e ".[dev,perturbation]"
 	touch $(STAMP)
 
 test: $(STAMP)

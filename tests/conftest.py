@@ -76,3 +76,80 @@ def pbmc3k_path():
         return dataset_path("pbmc3k", download=False)
     except FileNotFoundError as error:
         pytest.skip(f"real pbmc3k data not found: {error}")
+
+
+# --- A toy perturbation task: two contexts (c2 sequenced twice as deep), A, B and A+B ---
+
+PERT_GENES = 60
+PERT_DEPTH = {"c1": 1.0, "c2": 2.0}
+
+
+def perturbation_true_mean(context: str, pert: str) -> np.ndarray:
+    mean = np.full(PERT_GENES, 3.0) * PERT_DEPTH[context]
+    mean[40:] *= 3.0  # a few genes expressed higher, as real panels have
+    for single in pert.split("+"):
+        if single == "A":
+            mean[:8] *= 6.0
+        elif single == "B":
+            mean[8:16] *= 0.1
+            mean[16:24] *= 5.0
+    return mean
+
+
+def draw_perturbed(rng, context: str, pert: str, n: int) -> np.ndarray:
+    mean = perturbation_true_mean(context, pert)
+    return rng.negative_binomial(4, 4 / (4 + mean), size=(n, PERT_GENES))
+
+
+def write_perturbation_task(folder) -> dict:
+    """Synthetic data file plus a user split record that points at it (the --split FILE format)."""
+    rng = np.random.default_rng(0)
+    groups = [(c, p) for c in PERT_DEPTH for p in ("control", "A", "B")] + [("c1", "A+B")]
+    x = np.vstack([draw_perturbed(rng, c, p, 50) for c, p in groups]).astype(np.int32)
+    obs = pd.DataFrame(
+        {
+            "line": [c for c, _ in groups for _ in range(50)],
+            "pert": [p for _, p in groups for _ in range(50)],
+        },
+        index=[f"cell{i}" for i in range(len(x))],
+    )
+    path = folder / "toy.h5ad"
+    ad.AnnData(
+        X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(PERT_GENES)])
+    ).write_h5ad(path)
+    return {
+        "dataset": "toy",
+        "kind": "perturbation",
+        "file": str(path),
+        "context_key": "line",
+        "perturbation_key": "pert",
+        "control_label": "control",
+        "rationale": "synthetic",
+        "held_out": [
+            {"context": "c2", "perturbation": "A", "block": "new context"},
+            {"context": "c2", "perturbation": "B", "block": "new context"},
+            {"context": "c1", "perturbation": "A+B", "block": "doubles"},
+        ],
+    }
+
+
+def perturbation_oracle(train, split, requests, seed):
+    """Draws from the true distributions the test data came from: the best any method can do."""
+    rng = np.random.default_rng(seed + 100)
+    x = np.vstack([draw_perturbed(rng, r.context, r.perturbation, r.n_cells) for r in requests]).astype(
+        np.int32
+    )
+    obs = pd.DataFrame(
+        {
+            "line": [r.context for r in requests for _ in range(r.n_cells)],
+            "pert": [r.perturbation for r in requests for _ in range(r.n_cells)],
+        },
+        index=[f"oracle{i}" for i in range(len(x))],
+    )
+    return ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=train.var_names))
+
+
+@pytest.fixture(scope="session")
+def toy_perturbation_task(tmp_path_factory):
+    """(split record pointing at a written toy .h5ad, oracle predictor drawing from the truth)."""
+    return write_perturbation_task(tmp_path_factory.mktemp("toy_perturbation")), perturbation_oracle

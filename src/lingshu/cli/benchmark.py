@@ -10,7 +10,9 @@ import typer
 from lingshu.cli import app
 from lingshu.cli._common import user_errors_as_messages
 
-benchmark_app = typer.Typer(help="Benchmarks: speed and memory, generation quality.", no_args_is_help=True)
+benchmark_app = typer.Typer(
+    help="Benchmarks: speed and memory, generation and perturbation quality.", no_args_is_help=True
+)
 app.add_typer(benchmark_app, name="benchmark")
 
 
@@ -152,3 +154,48 @@ def memory(
             f"peak host RAM {r['peak_host_ram_gb']:.2f} GB, {r['train_wall_s']:.0f} s{loader}"
         )
     typer.echo(f"wrote {out}")
+
+
+@benchmark_app.command("perturbation")
+@user_errors_as_messages
+def perturbation(
+    task: str | None = typer.Option(
+        None, "--task", help="Task: kang, norman or papalexi (the split shipped with the package)."
+    ),
+    split: Path | None = typer.Option(
+        None,
+        "--split",
+        help="Your own split JSON file (same format as lingshu/splits/kang2018.json); overrides --task.",
+    ),
+    methods: str = typer.Option(
+        "control,perturbation_mean,additive_shift",
+        "--methods",
+        help="Comma-separated registry methods; baselines: control, perturbation_mean, additive_shift.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default: runs/benchmark_perturbation/<task>)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the baselines' draws and of the half-split ceiling."),
+    threads: int = typer.Option(1, "--threads", help="Threads for cell-eval's differential expression."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the figures (UMAP is the slow part)."),
+) -> None:
+    """Predict held-out (context, perturbation) pairs and score them with cell-eval beside the ceilings."""
+    from lingshu.benchmarks.perturbation import TASKS, run_perturbation_benchmark
+
+    if split is None and task is None:
+        raise ValueError(f"give --task ({', '.join(TASKS)}) or --split FILE")
+    if split is None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)} (or pass --split FILE)")
+    chosen = split if split is not None else task
+    out = out or Path("runs/benchmark_perturbation") / (Path(str(chosen)).stem if split is not None else task)
+    result = run_perturbation_benchmark(
+        chosen,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        out_dir=out,
+        seed=seed,
+        num_threads=threads,
+        plots=plots,
+    )
+    columns = ["method", "block", "mae", "pearson_delta", "overlap_at_N", "score_vs_perturbation_mean"]
+    typer.echo(result.metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"report: {out / 'report.md'}")

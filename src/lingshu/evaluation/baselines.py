@@ -98,6 +98,29 @@ def negative_binomial_moments(
     return mean, np.maximum(excess, min_dispersion)
 
 
+def sample_negative_binomial(
+    mean: np.ndarray, phi: np.ndarray, n_cells: int, rng: np.random.Generator, block_size: int = 1024
+) -> sp.csr_matrix:
+    """Draw ``n_cells`` cells of independent per-gene NB counts (mean ``mean``, var mu + phi mu^2).
+
+    Genes with mean 0 stay 0; the dense draw is bounded to ``block_size`` cells at a time.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    expressed = np.flatnonzero(mean > 0)
+    theta = 1.0 / np.asarray(phi, dtype=np.float64)[expressed]
+    p = theta / (theta + mean[expressed])
+    blocks = []
+    for start in range(0, n_cells, block_size):
+        size = min(block_size, n_cells - start)
+        block = sp.csr_matrix(rng.negative_binomial(theta, p, size=(size, expressed.size)))
+        blocks.append(
+            sp.csr_matrix((block.data, expressed[block.indices], block.indptr), shape=(size, mean.size))
+        )
+    if not blocks:
+        return sp.csr_matrix((0, mean.size), dtype=np.int64)
+    return sp.vstack(blocks).tocsr()
+
+
 def celltype_negative_binomial(
     train: AnnData, n_cells: int, seed: int = 0, min_dispersion: float = MIN_DISPERSION
 ) -> AnnData:
@@ -117,19 +140,8 @@ def celltype_negative_binomial(
         if cells.size == 0:
             continue
         mean, phi = negative_binomial_moments(counts[labels == cell_type], min_dispersion)
-        expressed = np.flatnonzero(mean > 0)
-        theta = 1.0 / phi[expressed]
-        p = theta / (theta + mean[expressed])
-        for start in range(0, cells.size, 1024):  # bound the dense draw
-            size = min(1024, cells.size - start)
-            draws = rng.negative_binomial(theta, p, size=(size, expressed.size))
-            block = sp.csr_matrix(draws)
-            block = sp.csr_matrix(
-                (block.data, expressed[block.indices], block.indptr),
-                shape=(size, counts.shape[1]),
-            )
-            blocks.append(block)
-            order.append(cells[start : start + size])
+        blocks.append(sample_negative_binomial(mean, phi, cells.size, rng))
+        order.append(cells)
     generated = sp.vstack(blocks).tocsr()[np.argsort(np.concatenate(order))]
     return _new_cells(train, generated, "celltype_negative_binomial", seed, drawn)
 

@@ -60,8 +60,12 @@ class UmapPanel:
     cell_types: np.ndarray | None
 
 
-def plot_umaps(panels: Sequence[UmapPanel], path: Path) -> Path:
-    """Real vs generated UMAPs, one row per method: by source, and by cell type if known."""
+def plot_umaps(
+    panels: Sequence[UmapPanel],
+    path: Path,
+    label_title: str = "cell type (generated: label or classifier call)",
+) -> Path:
+    """Real vs generated UMAPs, one row per method: by source, and by cell type (or other label)."""
     with_types = any(p.cell_types is not None for p in panels)
     n_cols = 2 if with_types else 1
     fig = Figure(figsize=(5.0 * n_cols + (2.5 if with_types else 0), 4.2 * len(panels)))
@@ -100,7 +104,7 @@ def plot_umaps(panels: Sequence[UmapPanel], path: Path) -> Path:
             rasterized=True,
             c=[colours[t] for t in types],
         )
-        ax.set_title(f"{panel.name}: cell type (generated: label or classifier call)")
+        ax.set_title(f"{panel.name}: {label_title}")
         ax.set_xticks([])
         ax.set_yticks([])
         if row == 0:
@@ -194,6 +198,66 @@ def plot_metric_bars(
         ax.set_title(f"{name} {registry[name].direction}", fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(4))
+    for ax in axes[len(names) :]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_condition_bars(
+    values: pd.DataFrame, metric: str, path: Path, kinds: Mapping[str, str] | None = None
+) -> Path:
+    """Grouped bars of one metric per condition (rows of ``values``), one bar per method (columns)."""
+    kinds = kinds or {}
+    n_rows, n_methods = values.shape
+    fig = Figure(figsize=(max(5.0, 0.9 + n_rows * (0.25 * n_methods + 0.35)), 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, n_methods)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for i, method in enumerate(values.columns):
+        colour = KIND_COLOURS["model"] if kinds.get(method) == "model" else cmap(i % 10)
+        hatch = "//" if kinds.get(method) == "ceiling" else None
+        ax.bar(
+            np.arange(n_rows) + (i - (n_methods - 1) / 2) * width,
+            values[method].to_numpy(dtype=float),
+            width,
+            label=method,
+            color=colour,
+            hatch=hatch,
+            edgecolor="white" if hatch else None,
+        )
+    ax.set_xticks(np.arange(n_rows))
+    ax.set_xticklabels([str(i) for i in values.index], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return _save(fig, path)
+
+
+def plot_fold_change_scatter(points: Mapping[str, pd.DataFrame], path: Path) -> Path:
+    """Predicted vs real log2 fold change, one panel per method (columns ``real``, ``predicted``)."""
+    names = list(points)
+    n_cols = min(3, max(1, len(names)))
+    n_rows = max(1, int(np.ceil(len(names) / n_cols)))
+    fig = Figure(figsize=(3.8 * n_cols, 3.6 * n_rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False).ravel())
+    finite = [df[["real", "predicted"]].to_numpy(dtype=float) for df in points.values() if len(df)]
+    stacked = np.concatenate(finite) if finite else np.zeros((1, 2))
+    stacked = stacked[np.isfinite(stacked).all(axis=1)]
+    limit = float(np.abs(stacked).max()) * 1.05 if stacked.size else 1.0
+    for ax, name in zip(axes, names, strict=False):
+        frame = points[name]
+        ax.plot([-limit, limit], [-limit, limit], color="#7f7f7f", linewidth=0.8)
+        ax.axhline(0, color="#bbbbbb", linewidth=0.5)
+        ax.axvline(0, color="#bbbbbb", linewidth=0.5)
+        ax.scatter(frame["real"], frame["predicted"], s=8, alpha=0.6, linewidths=0)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("real log2 fold change", fontsize=8)
+        ax.set_ylabel("predicted log2 fold change", fontsize=8)
+        ax.tick_params(labelsize=7)
     for ax in axes[len(names) :]:
         ax.axis("off")
     return _save(fig, path)

@@ -1,0 +1,48 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lingshu.cli import app
+
+pytest.importorskip(
+    "cell_eval", reason="needs the perturbation extra: pip install 'lingshu-cell[perturbation]'"
+)
+runner = CliRunner()
+
+
+def test_cli_runs_a_user_split_and_writes_metrics_and_report(toy_perturbation_task, tmp_path):
+    split = tmp_path / "mine.json"
+    split.write_text(json.dumps(toy_perturbation_task[0]))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["benchmark", "perturbation", "--split", str(split), "--methods", "control,additive_shift"]
+        + ["--out", str(out), "--seed", "3", "--no-plots"],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "metrics.csv")
+    assert {"control", "additive_shift"} <= set(table["method"])
+    assert (out / "report.md").is_file() and "report:" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --task"),
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "kang", "--methods", "nope"], "unknown methods"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
+    result = runner.invoke(app, ["benchmark", "perturbation", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_every_option_has_help():
+    result = runner.invoke(app, ["benchmark", "perturbation", "--help"])
+    assert result.exit_code == 0
+    for option in ("--task", "--split", "--methods", "--out", "--seed", "--threads", "--plots"):
+        assert option in result.output
