@@ -55,6 +55,8 @@ class PerturbationSplit:
     seed: int = 0
     rationale: str = ""
     name: str = ""
+    # genetic (knock-down/out, activation) or cytokine: the model's default guidance and prior.
+    perturbation_kind: str = "genetic"
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -80,6 +82,7 @@ class PerturbationSplit:
             "drop_labels": list(self.drop_labels),
             "seed": self.seed,
             "rationale": self.rationale,
+            "perturbation_kind": self.perturbation_kind,
             "held_out": [
                 {"context": p.context, "perturbation": p.perturbation, "block": p.block}
                 for p in self.held_out
@@ -114,7 +117,18 @@ def split_from_dict(record: dict, name: str = "") -> PerturbationSplit:
         raise ValueError(f"split {name!r} lists held-out pairs twice: {duplicated}")
     if any(p.perturbation == str(record["control_label"]) for p in pairs):
         raise ValueError(f"split {name!r}: the control label {record['control_label']!r} cannot be held out")
-    known = set(REQUIRED_FIELDS) | {"kind", "file", "constant_context", "drop_labels", "seed", "rationale"}
+    kind = str(record.get("perturbation_kind", "genetic"))
+    if kind not in ("genetic", "cytokine"):
+        raise ValueError(f"split {name!r}: perturbation_kind must be genetic or cytokine, got {kind!r}")
+    known = set(REQUIRED_FIELDS) | {
+        "kind",
+        "file",
+        "constant_context",
+        "drop_labels",
+        "seed",
+        "rationale",
+        "perturbation_kind",
+    }
     return PerturbationSplit(
         dataset=str(record["dataset"]),
         context_key=str(record["context_key"]),
@@ -127,6 +141,7 @@ def split_from_dict(record: dict, name: str = "") -> PerturbationSplit:
         seed=int(record.get("seed", 0)),
         rationale=str(record.get("rationale", "")),
         name=name,
+        perturbation_kind=kind,
         extra={k: v for k, v in record.items() if k not in known},
     )
 
