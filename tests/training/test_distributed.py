@@ -67,3 +67,33 @@ def test_batch_must_split_evenly_over_processes():
     with pytest.raises(ValueError, match="not divisible by the 3 training processes"):
         distributed.check_batch_size(8, 3)
     assert [distributed.shard(8, r, 2) for r in range(2)] == [slice(0, 4), slice(4, 8)]
+
+
+def test_cli_resumes_a_run_in_two_processes(tmp_path, counts_adata, one_thread):
+    """`lingshu train --devices 2 --resume` continues a 2-step run to the single-process 3-step model."""
+    from typer.testing import CliRunner
+
+    from lingshu.cli import app
+
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    common = ["train", str(data), "--preset", "tiny", "--batch-size", "8", "--no-progress"]
+    runner = CliRunner()
+    result = runner.invoke(app, [*common, "--max-steps", "3", "--out", str(tmp_path / "single")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*common, "--max-steps", "2", "--out", str(tmp_path / "ddp")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*common, "--devices", "3", "--out", str(tmp_path / "odd")])
+    assert result.exit_code == 2 and "not divisible by the 3 training processes" in result.output
+    started = time.perf_counter()
+    resume = ["--max-steps", "3", "--resume", "--devices", "2", "--out", str(tmp_path / "ddp")]
+    result = runner.invoke(app, [*common, *resume])
+    print(f"2-process CLI resume: {time.perf_counter() - started:.1f} s")
+    assert result.exit_code == 0, result.output
+    assert "in 2 processes" in result.output and "step 3" in result.output
+    single, parallel = load_checkpoint(tmp_path / "single"), load_checkpoint(tmp_path / "ddp")
+    assert parallel.step == 3
+    difference = _max_difference(parallel.model_state, single.model_state)
+    print(f"max |weight difference| CLI 2-process resume vs 1: {difference:.3g}")
+    for key, value in single.model_state.items():
+        torch.testing.assert_close(parallel.model_state[key], value, rtol=0, atol=1e-5)
