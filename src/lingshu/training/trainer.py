@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from lingshu.config import TrainConfig
 from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import encode_counts
-from lingshu.model.diffusion import masked_diffusion_loss, sample_mask_levels
+from lingshu.model.diffusion import masked_loss_and_mask, sample_mask_levels
 from lingshu.model.transformer import MaskPredictor
 from lingshu.runtime import keep_freed_memory
 from lingshu.training import distributed
@@ -76,10 +76,9 @@ def make_batch(
 class DiffusionLoss(nn.Module):
     """The training loss as one module call, which is what DDP and torch.compile wrap."""
 
-    def __init__(self, model: MaskPredictor, t_min: float):
+    def __init__(self, model: MaskPredictor):
         super().__init__()
         self.model = model
-        self.t_min = t_min
 
     def forward(
         self,
@@ -89,10 +88,8 @@ class DiffusionLoss(nn.Module):
         t: torch.Tensor,
         draws: torch.Tensor,
     ) -> torch.Tensor:
-        # Masks are fixed by t and draws, so no generator is needed here.
-        return masked_diffusion_loss(
-            self.model, tokens, observed, None, conditions, self.t_min, t=t, draws=draws
-        ).loss
+        """The masked diffusion loss of the cells for masks fixed by ``t`` and ``draws``."""
+        return masked_loss_and_mask(self.model, tokens, observed, conditions, t, draws)[0]
 
 
 class Trainer:
@@ -112,7 +109,7 @@ class Trainer:
         distributed.check_batch_size(config.batch_size, self.world_size)
         self.ema = PowerEMA(self.model, config.ema_sigma_rel)
         self.optimizer = make_optimizer(self.model, config, self.device)
-        loss: nn.Module = DiffusionLoss(self.model, config.t_min)
+        loss: nn.Module = DiffusionLoss(self.model)
         self.ddp: DistributedDataParallel | None = None
         if self.world_size > 1:
             loss = self.ddp = DistributedDataParallel(
