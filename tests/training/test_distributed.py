@@ -43,7 +43,9 @@ def one_thread():
 def test_two_processes_train_the_single_process_model(tmp_path, counts_adata, ddp_worker, one_thread):
     single = train(counts_adata, tmp_path / "single", preset="tiny", train_overrides=TINY, progress=False)
     saves = tmp_path / "saves.txt"
-    options = {"preset": "tiny", "train_overrides": TINY, "progress": False, "device": "cpu"}
+    # Two micro-batches of 2 cells per rank: gradients are accumulated, then all-reduced once.
+    overrides = {**TINY, "micro_batch_size": 2}
+    options = {"preset": "tiny", "train_overrides": overrides, "progress": False, "device": "cpu"}
     started = time.perf_counter()
     distributed.launch(ddp_worker.train_recording_saves, 2, saves, counts_adata, tmp_path / "ddp", options)
     print(f"2-process run: {time.perf_counter() - started:.1f} s")

@@ -112,6 +112,10 @@ def train_in_processes(
     loads it, which each process calls (disk-backed files are opened by every process).
     Returns the checkpoint rank 0 wrote.
     """
+    if isinstance(data, ad.AnnData) and data.isbacked:  # an open HDF5 file cannot be sent to a process
+        raise ValueError(
+            "a disk-backed AnnData cannot be copied to other processes: pass a function that opens it"
+        )
     device = options.get("device")
     distributed.check_device_count(n_processes, torch.device(device) if device else default_device())
     distributed.launch(_train_worker, n_processes, data, out_dir, options)
