@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -99,3 +100,10 @@ def test_cli_resumes_a_run_in_two_processes(tmp_path, counts_adata, one_thread):
     print(f"max |weight difference| CLI 2-process resume vs 1: {difference:.3g}")
     for key, value in single.model_state.items():
         torch.testing.assert_close(parallel.model_state[key], value, rtol=0, atol=1e-5)
+
+
+def test_an_error_in_a_process_is_raised_with_its_own_type():
+    """A bad-input ValueError inside a spawned process reaches the caller (and the CLI's
+    error message) as a ValueError, not as a wrapped multiprocessing exception."""
+    with pytest.raises(ValueError, match="invalid literal"):
+        distributed.launch(functools.partial(int, "not a number"), 2)
