@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import anndata as ad
 import typer
 
 from lingshu.cli import app
 from lingshu.cli._common import user_errors_as_messages
-from lingshu.config import PRESETS
+from lingshu.config import PRESETS, get_preset
 from lingshu.data.io import read_counts
 from lingshu.data.paths import resolve_data
 from lingshu.data.splits import apply_cell_split, load_split
+from lingshu.training import distributed
 from lingshu.training.run import train as train_model
+from lingshu.training.run import train_in_processes
 
 
 @app.command("train")
@@ -38,6 +42,19 @@ def train(
         "--activation-checkpointing",
         help="Recompute block activations in the backward pass: less GPU memory, ~30%% more "
         "compute, identical results.",
+    ),
+    compile_model: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the model and loss: faster steps after a one-off compilation "
+        "(needs a C++ compiler on CPU); same results up to floating-point rounding.",
+    ),
+    devices: int = typer.Option(
+        1,
+        "--devices",
+        help="Data-parallel training processes started on this machine (one GPU each on CUDA; "
+        "gloo on CPU). The global --batch-size is split evenly between them, so it must be a "
+        "multiple of N. Under torchrun (--nproc_per_node N) leave this out.",
     ),
     patch_size: int | None = typer.Option(
         None, "--patch-size", help="Sequence-compression group size S (1 = none; paper: 8 or 32)."
@@ -88,9 +105,8 @@ def train(
 ) -> None:
     """Train a masked discrete diffusion model on whole-transcriptome raw counts."""
     path = resolve_data(data)
-    adata = read_counts(path, layer=layer, backed=backed and holdout is None)
-    if holdout is not None:
-        adata, _ = apply_cell_split(adata, load_split(holdout))
+    load = functools.partial(read_training_data, path, layer, backed, holdout)
+    main_process = distributed.env_rank() == 0  # under torchrun only rank 0 prints
     overrides = {
         "max_steps": max_steps,
         "batch_size": batch_size,
@@ -99,6 +115,7 @@ def train(
         "seed": seed,
         "activation_checkpointing": activation_checkpointing or None,
         "max_control_fraction": control_fraction,
+        "compile": compile_model or None,
     }
     train_overrides = {k: v for k, v in overrides.items() if v is not None}
     model_overrides = {} if patch_size is None else {"patch_size": patch_size}
@@ -107,10 +124,7 @@ def train(
         condition_keys["perturbation"] = perturbation_key
     elif control_label:
         raise ValueError("--control-label needs --perturbation-key")
-    typer.echo(f"training on {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
-    result = train_model(
-        adata,
-        out,
+    options = dict(
         preset=preset,
         model_overrides=model_overrides,
         train_overrides=train_overrides,
@@ -122,8 +136,39 @@ def train(
         control_label=control_label,
         perturbation_kind=perturbation_kind,
     )
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {devices}")
+    if devices > 1 and distributed.env_world_size() == 1:
+        # Every process reads the file itself (works for --backed too); rank 0 writes --out.
+        _check_batch_size(batch_size, preset, resume, devices)
+        typer.echo(f"training on {path} in {devices} processes")
+        result = train_in_processes(devices, load, out, **options)
+    else:
+        adata = load()
+        if main_process:
+            typer.echo(f"training on {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
+        result = train_model(adata, out, devices=devices, **options)
     last = result.log[-1] if result.log else {}
+    if not main_process:
+        return
     typer.echo(
         f"checkpoint written to {out} (step {result.step}, loss {last.get('loss', float('nan')):.4f}, "
         f"{last.get('cells_per_s', float('nan')):.1f} cells/s)"
     )
+
+
+def read_training_data(path: Path, layer: str | None, backed: bool, holdout: Path | None) -> ad.AnnData:
+    """The training cells: the file at ``path`` minus the held-out cells of ``holdout``."""
+    adata = read_counts(path, layer=layer, backed=backed and holdout is None)
+    if holdout is not None:
+        adata, _ = apply_cell_split(adata, load_split(holdout))
+    return adata
+
+
+def _check_batch_size(batch_size: int | None, preset: str, resume: bool, devices: int) -> None:
+    """Refuse an uneven split of the global batch before starting any process (a resumed run's
+    batch size is in its checkpoint: the processes check that one themselves)."""
+    if batch_size is None and not resume:
+        batch_size = get_preset(preset).train.batch_size
+    if batch_size is not None:
+        distributed.check_batch_size(batch_size, devices)

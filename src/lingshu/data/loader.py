@@ -63,8 +63,12 @@ class AlignedCounts:
         dense[np.ix_(order, np.flatnonzero(observed))] = picked
         return dense
 
-    def iter_batches(self, batch_size: int, seed: int, start_step: int = 0):
-        """Yield ``(step, cell_indices, counts)`` forever, epoch after epoch, from ``start_step``."""
+    def iter_batches(self, batch_size: int, seed: int, start_step: int = 0, shard: slice = slice(None)):
+        """Yield ``(step, cell_indices, counts)`` forever, epoch after epoch, from ``start_step``.
+
+        ``shard`` picks part of each global batch (one data-parallel process's share): the
+        batches are the same whatever the shard, and only the shard's rows are read.
+        """
         per_epoch = max(self.n_cells // batch_size, 1)
         block = 64 if self.backed else 1
         step = start_step
@@ -75,5 +79,6 @@ class AlignedCounts:
                 idx = order[batch_index * batch_size : (batch_index + 1) * batch_size]
                 if len(idx) < batch_size:  # fewer cells than one batch: sample with replacement
                     idx = np.resize(order, batch_size)
+                idx = idx[shard]
                 yield step, idx, self.rows(idx)
                 step += 1

@@ -50,11 +50,28 @@ def masked_diffusion_loss(
     ``t`` (B,) and ``draws`` (B, G) uniform numbers may be given to fix the masks (else drawn).
     """
     b, g = tokens.shape
-    observed = observed.expand(b, g) if observed.dim() == 1 else observed
     if t is None:
         t = sample_mask_levels(b, t_min, generator, tokens.device)
     if draws is None:
         draws = torch.rand(b, g, generator=generator).to(tokens.device)
+    loss, masked = masked_loss_and_mask(model, tokens, observed, conditions, t, draws)
+    return LossOutput(loss=loss, n_masked=int(masked.sum()), mean_t=float(t.mean()))
+
+
+def masked_loss_and_mask(
+    model: MaskPredictor,
+    tokens: torch.Tensor,
+    observed: torch.Tensor,
+    conditions: torch.Tensor | None,
+    t: torch.Tensor,
+    draws: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of :func:`masked_diffusion_loss` for fixed masks, and the (B, G) mask itself.
+
+    Tensors only (no Python numbers), so torch.compile captures it as one graph.
+    """
+    b, g = tokens.shape
+    observed = observed.expand(b, g) if observed.dim() == 1 else observed
     masked = (draws < t[:, None]) & observed
     inputs = torch.where(masked | ~observed, torch.full_like(tokens, MASK_TOKEN), tokens)
     # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
@@ -62,8 +79,7 @@ def masked_diffusion_loss(
     logits = model.permuted_logits(model.encode(inputs, conditions)).float()
     nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
     weights = masked[:, permutation] / (t[:, None] * observed.sum(1, keepdim=True).clamp_min(1))
-    loss = (nll.view(b, g) * weights).sum() / b
-    return LossOutput(loss=loss, n_masked=int(masked.sum()), mean_t=float(t.mean()))
+    return (nll.view(b, g) * weights).sum() / b, masked
 
 
 def cosine_reveal_counts(n_positions: int, n_steps: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
+from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lingshu.training.trainer import Trainer
 
@@ -67,6 +69,7 @@ def train(
     condition_keys: dict[str, str] | None = None,
     control_label: str | None = None,
     perturbation_kind: str = "genetic",
+    devices: int = 1,
 ) -> Checkpoint:
     """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
 
@@ -77,9 +80,76 @@ def train(
     key needs ``control_label``: controls are trained under it, capped at
     ``max_control_fraction`` of the cells, and for genetic perturbations the genes each target
     strongly down-regulates per context are stored with the model for prior injection.
+    ``devices > 1`` trains data-parallel in that many new local processes (one GPU each on
+    CUDA); under torchrun (``WORLD_SIZE`` set) this process is one rank of the group. Either
+    way the result equals a single-process run on the same global batches (up to rounding).
     """
-    out_dir = Path(out_dir)
+    options = dict(
+        preset=preset,
+        model_overrides=model_overrides,
+        train_overrides=train_overrides,
+        vocabulary=vocabulary,
+        min_cells=min_cells,
+        resume=resume,
+        device=device,
+        progress=progress,
+        condition_keys=condition_keys,
+        control_label=control_label,
+        perturbation_kind=perturbation_kind,
+    )
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {devices}")
+    if devices > 1 and distributed.env_world_size() == 1:
+        return train_in_processes(devices, adata, out_dir, **options)
+    if devices > 1 and devices != distributed.env_world_size():
+        raise ValueError(
+            f"--devices {devices} but torchrun started {distributed.env_world_size()} processes; "
+            "under torchrun leave --devices out"
+        )
     device = torch.device(device) if device is not None else default_device()
+    with distributed.process_group(device) as rank_device:
+        return _train(adata, Path(out_dir), **{**options, "device": rank_device})
+
+
+def train_in_processes(
+    n_processes: int, data: ad.AnnData | Callable[[], ad.AnnData], out_dir: str | Path, **options
+) -> Checkpoint:
+    """Run :func:`train` with ``options`` in ``n_processes`` new local processes (one rank each).
+
+    ``data`` is the AnnData itself (copied into every process) or a picklable function that
+    loads it, which each process calls (disk-backed files are opened by every process).
+    Returns the checkpoint rank 0 wrote.
+    """
+    if isinstance(data, ad.AnnData) and data.isbacked:  # an open HDF5 file cannot be sent to a process
+        raise ValueError(
+            "a disk-backed AnnData cannot be copied to other processes: pass a function that opens it"
+        )
+    device = options.get("device")
+    distributed.check_device_count(n_processes, torch.device(device) if device else default_device())
+    distributed.launch(_train_worker, n_processes, data, out_dir, options)
+    return load_checkpoint(Path(out_dir), with_optimizer=True)
+
+
+def _train_worker(data, out_dir: str | Path, options: dict) -> None:
+    train(data() if callable(data) else data, out_dir, **options)
+
+
+def _train(
+    adata: ad.AnnData,
+    out_dir: Path,
+    preset: str,
+    model_overrides: dict | None,
+    train_overrides: dict | None,
+    vocabulary: GeneVocabulary | None,
+    min_cells: int,
+    resume: bool,
+    device: torch.device,
+    progress: bool,
+    condition_keys: dict[str, str] | None,
+    control_label: str | None,
+    perturbation_kind: str,
+) -> Checkpoint:
+    """One process's share of :func:`train` (the whole of it without a process group)."""
     fingerprint = data_fingerprint(adata)
     if resume:
         previous = load_checkpoint(out_dir, with_optimizer=True)
@@ -106,6 +176,7 @@ def train(
             **(model_overrides or {}),
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
+    distributed.check_batch_size(train_config.batch_size, distributed.world_size())
     perturbation = conditions.slot("perturbation")
     source = conditions.slot("source")
     if not resume:
@@ -124,12 +195,14 @@ def train(
             train_config.seed,
             context_key=source.key if source else None,
         )
-        print(
-            f"training on {len(cells):,} of {adata.n_obs:,} cells (controls capped at "
-            f"{train_config.max_control_fraction:.0%})"
-        )
+        if distributed.is_main():
+            print(
+                f"training on {len(cells):,} of {adata.n_obs:,} cells (controls capped at "
+                f"{train_config.max_control_fraction:.0%})"
+            )
     alignment = vocabulary.align(adata)
-    print(alignment.report())
+    if distributed.is_main():
+        print(alignment.report())
     torch.manual_seed(train_config.seed)
     data = AlignedCounts(adata, alignment, cells=cells)
     obs = adata.obs if cells is None else adata.obs.iloc[cells]
@@ -166,6 +239,9 @@ def train(
         progress=progress,
     )
     final = snapshot(trainer)
-    if not (out_dir / "manifest.json").exists() or load_checkpoint(out_dir).step != trainer.step:
+    if distributed.is_main() and (
+        not (out_dir / "manifest.json").exists() or load_checkpoint(out_dir).step != trainer.step
+    ):
         save_checkpoint(final, out_dir)
+    distributed.barrier()  # no rank leaves before rank 0 has written the checkpoint
     return final

@@ -3,6 +3,10 @@
 Every source of randomness at optimisation step k (which cells, which mask levels, which genes
 are masked) is drawn from generators seeded by (seed, k), so a run resumed from a checkpoint at
 step k continues bit-for-bit like the uninterrupted run on CPU.
+
+Data-parallel training (``training.distributed``): every process draws the same global batch
+and masks, works on its contiguous share of them, and DDP averages the gradients, so each update
+equals the single-process update on the global batch (up to floating-point rounding).
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lingshu.config import TrainConfig
 from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import encode_counts
-from lingshu.model.diffusion import masked_diffusion_loss, sample_mask_levels
+from lingshu.model.diffusion import masked_loss_and_mask, sample_mask_levels
 from lingshu.model.transformer import MaskPredictor
 from lingshu.runtime import keep_freed_memory
+from lingshu.training import distributed
 from lingshu.training.ema import PowerEMA
 from lingshu.training.schedule import learning_rate
 
@@ -66,16 +73,49 @@ def make_batch(
     )
 
 
+class DiffusionLoss(nn.Module):
+    """The training loss as one module call, which is what DDP and torch.compile wrap."""
+
+    def __init__(self, model: MaskPredictor):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        observed: torch.Tensor,
+        conditions: torch.Tensor | None,
+        t: torch.Tensor,
+        draws: torch.Tensor,
+    ) -> torch.Tensor:
+        """The masked diffusion loss of the cells for masks fixed by ``t`` and ``draws``."""
+        return masked_loss_and_mask(self.model, tokens, observed, conditions, t, draws)[0]
+
+
 class Trainer:
-    """Owns the model, its EMA and the optimizer; ``run`` trains up to ``max_steps``."""
+    """Owns the model, its EMA and the optimizer; ``run`` trains up to ``max_steps``.
+
+    Inside a torch.distributed process group the loss is wrapped in DDP and each rank trains
+    on its share of every global batch. ``self.model`` stays the plain module (checkpoints
+    and the EMA use its parameter names); DDP and torch.compile only wrap ``self.loss``.
+    """
 
     def __init__(self, model: MaskPredictor, config: TrainConfig, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).train()
         self.model.gradient_checkpointing = config.activation_checkpointing
         self.config = config
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        distributed.check_batch_size(config.batch_size, self.world_size)
         self.ema = PowerEMA(self.model, config.ema_sigma_rel)
         self.optimizer = make_optimizer(self.model, config, self.device)
+        loss: nn.Module = DiffusionLoss(self.model)
+        self.ddp: DistributedDataParallel | None = None
+        if self.world_size > 1:
+            loss = self.ddp = DistributedDataParallel(
+                loss, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.loss = torch.compile(loss) if config.compile else loss
         self.step = 0
         self.log: list[dict] = []
 
@@ -85,40 +125,49 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, batch: TrainingBatch, generator: torch.Generator) -> float:
-        """One optimisation step over a global batch, accumulated over micro-batches."""
+        """One optimisation step over a global batch, accumulated over micro-batches.
+
+        ``batch`` holds this rank's share of the global batch (all of it in a single process).
+        Returns the loss averaged over the global batch.
+        """
         config = self.config
         lr = learning_rate(self.step, config.peak_lr, config.min_lr, config.warmup_steps, config.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        size = batch.tokens.shape[0]
-        micro = config.micro_batch_size or size
+        local, n_genes = batch.tokens.shape
+        size = local * self.world_size
+        micro = config.micro_batch_size or local
         self.optimizer.zero_grad(set_to_none=True)
         # Mask levels and mask draws for the whole global batch first, so that gradient
-        # accumulation over micro-batches sees exactly the masks of one big batch.
-        t = sample_mask_levels(size, config.t_min, generator, self.device)
-        draws = torch.rand(batch.tokens.shape, generator=generator).to(self.device)
+        # accumulation over micro-batches and ranks sees exactly the masks of one big batch;
+        # then this rank's contiguous share of them.
+        mine = distributed.shard(size, self.rank, self.world_size)
+        t = sample_mask_levels(size, config.t_min, generator, self.device)[mine]
+        draws = torch.rand((size, n_genes), generator=generator)[mine].to(self.device)
+        starts = range(0, local, micro)
         total = 0.0
-        for start in range(0, size, micro):
+        for start in starts:
             part = slice(start, start + micro)
-            with self.autocast():
-                out = masked_diffusion_loss(
-                    self.model,
-                    batch.tokens[part],
-                    batch.observed,
-                    generator,
-                    None if batch.conditions is None else batch.conditions[part],
-                    config.t_min,
-                    t=t[part],
-                    draws=draws[part],
-                )
-            weight = batch.tokens[part].shape[0] / size
-            (out.loss * weight).backward()
-            total += float(out.loss.detach()) * weight
+            # Gradients are all-reduced once, in the backward pass of the last micro-batch.
+            last = start == starts[-1]
+            with contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                with self.autocast():
+                    loss = self.loss(
+                        batch.tokens[part],
+                        batch.observed,
+                        None if batch.conditions is None else batch.conditions[part],
+                        t[part],
+                        draws[part],
+                    )
+                # Weights give this rank's mean; DDP's average over equal shares is the global mean.
+                weight = batch.tokens[part].shape[0] / local
+                (loss * weight).backward()
+            total += float(loss.detach()) * weight
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
-        return total
+        return distributed.mean_over_ranks(total, self.device)
 
     def run(
         self,
@@ -127,16 +176,22 @@ class Trainer:
         on_checkpoint: Callable[[Trainer], None] | None = None,
         progress: bool = True,
     ) -> None:
-        """Train from ``self.step`` to ``config.max_steps``, calling ``on_checkpoint`` periodically."""
+        """Train from ``self.step`` to ``config.max_steps``, calling ``on_checkpoint`` periodically
+        (on rank 0 only; progress bars also show on rank 0 only)."""
         config = self.config
         if self.step >= config.max_steps:
             return
         keep_freed_memory()  # every step allocates the same big tensors: reuse their pages
-        batches = data.iter_batches(config.batch_size, config.seed, start_step=self.step)
+        batches = data.iter_batches(
+            config.batch_size,
+            config.seed,
+            start_step=self.step,
+            shard=distributed.shard(config.batch_size, self.rank, self.world_size),
+        )
         bar = tqdm(
             total=config.max_steps,
             initial=self.step,
-            disable=not progress,
+            disable=not progress or self.rank != 0,
             desc="training",
             unit="step",
             dynamic_ncols=True,
@@ -152,7 +207,7 @@ class Trainer:
                 self.device,
             )
             loss = self.train_step(batch, step_generator(config.seed, step))
-            cells += len(indices)
+            cells += len(indices) * self.world_size
             rate = cells / max(time.perf_counter() - started, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", cells_per_s=f"{rate:.1f}")
@@ -165,6 +220,7 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                     }
                 )
-            if on_checkpoint and (self.step % config.checkpoint_every == 0 or self.step == config.max_steps):
+            due = self.step % config.checkpoint_every == 0 or self.step == config.max_steps
+            if on_checkpoint and self.rank == 0 and due:
                 on_checkpoint(self)
         bar.close()
