@@ -28,7 +28,10 @@ class ModelConfig:
 
     n_genes: int = 0
     n_condition_tokens: int = 0
-    n_condition_slots: int = 0  # condition positions prepended to a cell
+    n_condition_slots: int = 0  # condition positions prepended to a cell (one per slot)
+    # Encoded columns per slot; a slot's token embeddings are summed into its one position
+    # (a perturbation A+B). Empty: one column per slot.
+    condition_widths: tuple[int, ...] = ()
     d_model: int = 640
     n_layers: int = 13
     n_heads: int = 10

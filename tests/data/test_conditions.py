@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lingshu.data.conditions import NO_LABEL, ConditionMap, cap_controls
+from lingshu.data.conditions import PADDING, ConditionMap, cap_controls
 
 
 @pytest.fixture
@@ -56,11 +56,11 @@ def test_combinations_take_one_sorted_token_per_gene_padded_to_the_widest(pertur
         perturbed_obs, {"source": "line", "perturbation": "gene"}, control_label="ctrl"
     )
     slot = cmap.slot("perturbation")
-    assert slot.width == 2 and slot.labels == ["MYC", "TP53", "ctrl", NO_LABEL]
+    assert slot.width == 2 and slot.labels == ["MYC", "TP53", "ctrl"]
     assert cmap.n_positions == 3 and cmap.n_slots == 2
     tokens = cmap.encode_obs(perturbed_obs)
     offset = cmap.offsets[1]
-    myc, tp53, ctrl, pad = (offset + i for i in range(4))
+    myc, tp53, ctrl, pad = offset, offset + 1, offset + 2, PADDING
     np.testing.assert_array_equal(
         tokens[:, 1:], [[ctrl, pad], [tp53, pad], [myc, tp53], [ctrl, pad], [myc, pad], [myc, pad]]
     )
@@ -70,6 +70,11 @@ def test_combinations_take_one_sorted_token_per_gene_padded_to_the_widest(pertur
     )
     assert cmap.with_control(["A172", "MYC"]) == ["A172", "ctrl"]
     assert ConditionMap.from_dict(cmap.to_dict()) == cmap
+    # Trained on single perturbations only, a model can still be asked for a double.
+    singles = ConditionMap.from_obs(
+        perturbed_obs.iloc[[0, 1, 4]], {"perturbation": "gene"}, control_label="ctrl"
+    )
+    assert singles.widths == (2,) and len(singles.encode_labels(["MYC+TP53"])) == 2
 
 
 def test_unseen_genes_and_too_many_parts_are_rejected(perturbed_obs):

@@ -101,3 +101,24 @@ def test_token_prior_makes_the_untrained_model_predict_the_marginals():
         probabilities = torch.softmax(model(torch.full((1, 37), MASK_TOKEN)), -1)[0]
     torch.testing.assert_close(probabilities[:, 0], frequencies[:, 0] / 100, atol=0.02, rtol=0)
     assert probabilities[:, 100:].sum(-1).max() < 1e-4  # unseen high-count tokens get ~no mass
+
+
+def test_a_combination_slot_sums_its_genes_in_any_order_and_padding_adds_nothing():
+    model = _tiny(n_condition_tokens=5, n_condition_slots=2, condition_widths=(1, 2)).eval()
+    tokens = torch.full((1, 37), MASK_TOKEN)
+
+    def hidden(*conditions):
+        return model.encode(tokens, torch.tensor([conditions]))
+
+    torch.testing.assert_close(hidden(0, 2, 3), hidden(0, 3, 2))
+    assert not torch.allclose(hidden(0, 2, -1), hidden(0, 2, 3))
+    embedding = model.token_embedding.weight[FIRST_CONDITION_TOKEN:]
+    torch.testing.assert_close(
+        model.condition_embedding(torch.tensor([[1, 2, 3], [1, 4, -1]])),
+        torch.stack(
+            [
+                torch.stack([embedding[1], embedding[2] + embedding[3]]),
+                torch.stack([embedding[1], embedding[4]]),
+            ]
+        ),
+    )

@@ -11,7 +11,7 @@ prior (the target itself pre-filled with a count of 1), and the report says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anndata as ad
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lingshu.config import get_preset
 from lingshu.data.perturbation_splits import PerturbationSplit
 from lingshu.evaluation.perturbation_baselines import CellRequest
 from lingshu.inference.predict import Request, predict
@@ -98,3 +99,33 @@ def on_genes(predicted: ad.AnnData, genes: pd.Index) -> ad.AnnData:
     out = ad.AnnData(X=(counts @ selector).tocsr(), obs=predicted.obs.copy(), var=pd.DataFrame(index=genes))
     out.uns = dict(predicted.uns)
     return out
+
+
+MODEL_METHOD = "lingshu"
+
+
+def ablation_methods(
+    model_root: Path,
+    base: LingshuPredictor,
+    guidance_values: Sequence[float] = (0, 1, 2, 3),
+    patch_sizes: Sequence[int] = (1, 8, 32),
+) -> dict[str, LingshuPredictor]:
+    """One-factor-at-a-time ablation around ``base`` (S = 32, w = 2, prior on):
+    every guidance w, every compression S (one model trained per S) and the prior off."""
+    reference_s = base.model_overrides.get("patch_size") or get_preset(base.preset).model.patch_size
+
+    def variant(patch: int, guidance: float, prior: bool) -> LingshuPredictor:
+        return replace(
+            base,
+            # The reference S reuses the base model; each other S trains its own.
+            model_dir=base.model_dir if patch == reference_s else Path(model_root) / f"model_S{patch}",
+            model_overrides={**base.model_overrides, "patch_size": patch},
+            guidance=float(guidance),
+            use_prior=prior,
+        )
+
+    methods = {f"lingshu S={reference_s} w={w:g}": variant(reference_s, w, True) for w in guidance_values}
+    for patch in patch_sizes:
+        methods.setdefault(f"lingshu S={patch} w=2", variant(patch, 2, True))
+    methods[f"lingshu S={reference_s} w=2 no prior"] = variant(reference_s, 2, False)
+    return methods

@@ -168,10 +168,30 @@ def perturbation(
         help="Your own split JSON file (same format as lingshu/splits/kang2018.json); overrides --task.",
     ),
     methods: str = typer.Option(
-        "control,perturbation_mean,additive_shift",
+        "lingshu,control,perturbation_mean,additive_shift",
         "--methods",
-        help="Comma-separated registry methods; baselines: control, perturbation_mean, additive_shift.",
+        help="Comma-separated methods: lingshu (the model, trained on the split's training cells) "
+        "and the baselines control, perturbation_mean, additive_shift.",
     ),
+    preset: str = typer.Option("small", "--preset", help="The model's preset (tiny, small, paper)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="The model's training steps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="The model's batch in cells."),
+    patch_size: int | None = typer.Option(
+        None, "--patch-size", help="The model's compression S (paper: 32 for genetic perturbations)."
+    ),
+    sampling_steps: int = typer.Option(3, "--sampling-steps", help="Unmasking steps per prediction."),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="CFG w (default: 2 genetic, 3 cytokine; the split's kind)."
+    ),
+    prior: bool | None = typer.Option(
+        None, "--prior/--no-prior", help="Prior injection (default: on for genetic perturbations)."
+    ),
+    ablation: bool = typer.Option(
+        False,
+        "--ablation",
+        help="Also run the model with w in 0..3, S in 1, 8, 32 and the prior off (one factor at a time).",
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda for the model."),
     out: Path | None = typer.Option(
         None, "--out", help="Output directory (default: runs/benchmark_perturbation/<task>)."
     ),
@@ -188,9 +208,31 @@ def perturbation(
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)} (or pass --split FILE)")
     chosen = split if split is not None else task
     out = out or Path("runs/benchmark_perturbation") / (Path(str(chosen)).stem if split is not None else task)
+    from lingshu.benchmarks.perturbation import PERTURBATION_METHODS
+    from lingshu.benchmarks.perturbation_model import MODEL_METHOD, LingshuPredictor, ablation_methods
+
+    model = LingshuPredictor(
+        model_dir=out / "model",
+        preset=preset,
+        train_overrides={k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v},
+        model_overrides={"patch_size": patch_size} if patch_size else {},
+        n_steps=sampling_steps,
+        guidance=guidance,
+        use_prior=prior,
+        device=device,
+    )
+    chosen_methods = {}
+    for name in (m.strip() for m in methods.split(",") if m.strip()):
+        if name != MODEL_METHOD and name not in PERTURBATION_METHODS:
+            raise ValueError(
+                f"unknown methods ['{name}']; choose from {MODEL_METHOD}, {', '.join(PERTURBATION_METHODS)}"
+            )
+        chosen_methods[name] = model if name == MODEL_METHOD else PERTURBATION_METHODS[name]
+    if ablation:
+        chosen_methods.update(ablation_methods(out / "ablation_models", model))
     result = run_perturbation_benchmark(
         chosen,
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        methods=chosen_methods,
         out_dir=out,
         seed=seed,
         num_threads=threads,

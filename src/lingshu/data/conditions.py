@@ -3,8 +3,9 @@
 Each *slot* is one condition role prepended to a cell (the paper's *source* and *perturbation*).
 Slot k's labels take token indices ``offset_k .. offset_k + n_labels_k - 1`` among the model's
 condition tokens. A *combinable* slot (perturbations) splits a label such as ``A+B`` into one
-token per perturbed gene, sorted, over ``width`` positions padded with :data:`NO_LABEL`, so that
-an unseen combination of seen genes can be asked for. The observed label combinations and their
+token per perturbed gene over ``width`` columns padded with :data:`PADDING` (-1); the model sums
+the embeddings of a slot's tokens into one position, so the order of the genes does not matter
+and an unseen combination of seen genes can be asked for. The observed label combinations and their
 counts are kept, so that an unconditional request can draw conditions in training proportions.
 """
 
@@ -16,8 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-# Fills the unused positions of a combinable slot (a single perturbation in a 2-wide slot).
-NO_LABEL = "<none>"
+# Fills the unused columns of a combinable slot (a single perturbation in a 2-wide slot).
+PADDING = -1
+# A combinable slot takes at least this many genes, so a model trained on single perturbations
+# can still be asked for a double.
+MIN_COMBINATION_WIDTH = 2
 PERTURBATION_KINDS = ("genetic", "cytokine")
 
 
@@ -59,8 +63,13 @@ class ConditionMap:
 
     @property
     def n_positions(self) -> int:
-        """Condition tokens prepended to every cell (a combinable slot takes ``width``)."""
+        """Columns of encoded conditions per cell (a combinable slot takes ``width``)."""
         return sum(slot.width for slot in self.slots)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Columns of each slot: the model sums each slot's token embeddings into one position."""
+        return tuple(slot.width for slot in self.slots)
 
     @property
     def n_tokens(self) -> int:
@@ -122,10 +131,8 @@ class ConditionMap:
                 name, key, [], separator=separator, control_label=control_label, kind=perturbation_kind
             )
             parts = [slot.parts(label) for label in unique]
-            slot.width = max(len(p) for p in parts)
+            slot.width = max(MIN_COMBINATION_WIDTH, *(len(p) for p in parts))
             slot.labels = sorted({part for p in parts for part in p})
-            if slot.width > 1:
-                slot.labels.append(NO_LABEL)
             slots.append(slot)
         result = cls(slots)
         if slots:
@@ -140,7 +147,7 @@ class ConditionMap:
         try:
             return offset + slot.labels.index(str(label))
         except ValueError:
-            known = [name for name in slot.labels if name != NO_LABEL]
+            known = slot.labels
             near = difflib.get_close_matches(str(label), known, n=3, cutoff=0.3)
             seen = "was never seen in training" if slot.name == "perturbation" else "is unknown"
             raise ValueError(
@@ -160,8 +167,7 @@ class ConditionMap:
             )
         if len(set(parts)) < len(parts):
             raise ValueError(f"{slot.name} {label!r} names the same part twice")
-        padding = [NO_LABEL] * (slot.width - len(parts))
-        return [self._index(slot, offset, part) for part in parts + padding]
+        return [self._index(slot, offset, part) for part in parts] + [PADDING] * (slot.width - len(parts))
 
     def encode_obs(self, obs: pd.DataFrame) -> np.ndarray:
         """Condition-token indices (n_cells, n_positions) of the cells in ``obs``."""

@@ -168,7 +168,7 @@ class MaskPredictor(nn.Module):
         """Hidden states of the compressed gene groups, (B, n_groups, D), after the final norm.
 
         ``tokens``: (B, G) ids in 0..281 (expression tokens or [MASK]).
-        ``conditions``: (B, C) condition indices 0..n_condition_tokens-1, or None.
+        ``conditions``: (B, C) condition indices 0..n_condition_tokens-1 (-1 = padding), or None.
         """
         b, g = tokens.shape
         d, s = self.config.d_model, self.config.patch_size
@@ -179,8 +179,9 @@ class MaskPredictor(nn.Module):
         x = F.embedding_bag(index, table, mode="sum").view(b, self.n_groups, d) + constant
         n_cond = 0
         if conditions is not None and conditions.shape[1] > 0:
-            n_cond = conditions.shape[1]
-            x = torch.cat([self.token_embedding(conditions + FIRST_CONDITION_TOKEN), x], dim=1)
+            condition_states = self.condition_embedding(conditions)
+            n_cond = condition_states.shape[1]
+            x = torch.cat([condition_states, x], dim=1)
         cos, sin = rotary_tables(x.shape[1], d // self.config.n_heads, self.config.rope_base, x.device)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training:
@@ -188,6 +189,16 @@ class MaskPredictor(nn.Module):
             else:
                 x = block(x, cos, sin)
         return self.final_norm(x[:, n_cond:])
+
+    def condition_embedding(self, conditions: torch.Tensor) -> torch.Tensor:
+        """(B, n_slots, D) condition states: each slot's token embeddings summed (padding -1 adds
+        nothing), so a double perturbation A+B is one position whatever the order of A and B."""
+        valid = conditions >= 0
+        embedded = self.token_embedding(conditions.clamp_min(0) + FIRST_CONDITION_TOKEN) * valid[..., None]
+        widths = list(self.config.condition_widths) or [1] * conditions.shape[1]
+        if len(widths) == conditions.shape[1]:
+            return embedded
+        return torch.stack([part.sum(1) for part in embedded.split(widths, dim=1)], dim=1)
 
     def logits_at(self, hidden: torch.Tensor, cells: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
         """Expression-token logits (M, 281) for the (cell, gene) pairs given as index vectors.

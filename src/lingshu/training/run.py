@@ -172,7 +172,8 @@ def _train(
             chosen.model,
             n_genes=len(vocabulary),
             n_condition_tokens=conditions.n_tokens,
-            n_condition_slots=conditions.n_positions,
+            n_condition_slots=conditions.n_slots,
+            condition_widths=conditions.widths,
             **(model_overrides or {}),
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))

@@ -1,0 +1,49 @@
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from lingshu.benchmarks.perturbation_model import on_genes
+from lingshu.cli import app
+
+runner = CliRunner()
+
+
+def test_predictions_are_moved_onto_the_training_genes_with_zeros_for_undetected_ones():
+    predicted = ad.AnnData(
+        X=sp.csr_matrix(np.array([[1, 2], [3, 4]], dtype=np.int32)),
+        var=pd.DataFrame(index=["b", "d"]),
+        obs=pd.DataFrame({"pert": ["x", "y"]}, index=["p0", "p1"]),
+    )
+    moved = on_genes(predicted, pd.Index(["a", "b", "c", "d"]))
+    np.testing.assert_array_equal(moved.X.toarray(), [[0, 1, 0, 2], [0, 3, 0, 4]])
+    assert list(moved.var_names) == ["a", "b", "c", "d"] and list(moved.obs["pert"]) == ["x", "y"]
+
+
+def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy_perturbation_task, tmp_path):
+    pytest.importorskip(
+        "cell_eval", reason="needs the perturbation extra: pip install 'lingshu-cell[perturbation]'"
+    )
+    split = tmp_path / "toy.json"
+    split.write_text(json.dumps(toy_perturbation_task[0]))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["benchmark", "perturbation", "--split", str(split), "--methods", "lingshu,control"]
+        + ["--preset", "tiny", "--max-steps", "3", "--batch-size", "16", "--ablation", "--no-plots"]
+        + ["--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "metrics.csv")
+    methods = set(table["method"])
+    assert {"lingshu", "control", "lingshu S=8 w=0", "lingshu S=1 w=2", "lingshu S=8 w=2 no prior"} <= methods
+    assert set(table.loc[table["method"].str.startswith("lingshu"), "kind"]) == {"model"}
+    # The ablation's reference S (the tiny preset's 8) reuses the main model; S=1 and 32 train their own.
+    assert sorted(p.name for p in (out / "ablation_models").iterdir()) == ["model_S1", "model_S32"]
+    predicted = ad.read_h5ad(out / "predictions" / "lingshu.h5ad")
+    assert predicted.uns["lingshu"]["guidance"] == 2.0 and predicted.uns["lingshu"]["n_steps"] == 3
+    assert list(predicted.var_names) == [f"g{i}" for i in range(predicted.n_vars)]
