@@ -126,3 +126,17 @@ def test_conditional_train_and_generate_on_the_command_line(tmp_path, counts_ada
         ],
     )
     assert result.exit_code == 2 and "KEY=LABEL" in result.output
+
+
+def test_train_reads_a_directory_of_shards(tmp_path, counts_adata):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    counts_adata[:30].copy().write_h5ad(shards / "a.h5ad")
+    counts_adata[30:].copy().write_h5ad(shards / "b.h5ad")
+    result = _train_tiny(shards, tmp_path / "ckpt", 1)
+    assert result.exit_code == 0, result.output
+    assert "training on 64 cells" in result.output
+    split = tmp_path / "split.json"
+    split.write_text('{"held_out_cells": ["cell0"]}')
+    result = _train_tiny(shards, tmp_path / "c2", 1, "--holdout", str(split))
+    assert result.exit_code == 2 and "--holdout needs a single .h5ad file" in result.output

@@ -24,7 +24,8 @@ from lingshu.training.run import train_in_processes
 def train(
     data: str = typer.Argument(
         ...,
-        help="Training .h5ad (raw integer UMI counts) or a registered dataset name such as pbmc3k.",
+        help="Training .h5ad (raw integer UMI counts), a directory of .h5ad shards (read from disk, "
+        "in file-name order) or a registered dataset name such as pbmc3k.",
     ),
     layer: str | None = typer.Option(None, "--layer", help="Layer holding raw counts (default: X)."),
     preset: str = typer.Option("small", "--preset", help=f"Model/training preset: {', '.join(PRESETS)}."),
@@ -158,7 +159,9 @@ def train(
 
 
 def read_training_data(path: Path, layer: str | None, backed: bool, holdout: Path | None) -> ad.AnnData:
-    """The training cells: the file at ``path`` minus the held-out cells of ``holdout``."""
+    """The training cells: the file (or shard directory) at ``path`` minus the held-out cells."""
+    if holdout is not None and path.is_dir():
+        raise ValueError("--holdout needs a single .h5ad file; leave the held-out cells out of the shards")
     adata = read_counts(path, layer=layer, backed=backed and holdout is None)
     if holdout is not None:
         adata, _ = apply_cell_split(adata, load_split(holdout))

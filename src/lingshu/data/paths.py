@@ -139,10 +139,12 @@ def _download_pbmc3k(target: Path, url: str) -> Path:
 
 
 def resolve_data(data: str | Path) -> Path:
-    """An existing file path, or the name of a registered dataset (e.g. ``pbmc3k``)."""
+    """An existing file (or directory of shards), or a registered dataset name (e.g. ``pbmc3k``)."""
     path = Path(data)
-    if path.is_file():
+    if path.is_file() or path.is_dir():
         return path
     if str(data) in DATASETS:
         return dataset_path(str(data))
-    raise FileNotFoundError(f"{data!r} is neither a file nor a registered dataset ({sorted(DATASETS)})")
+    raise FileNotFoundError(
+        f"{data!r} is neither a file, a directory of shards nor a registered dataset ({sorted(DATASETS)})"
+    )

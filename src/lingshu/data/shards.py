@@ -1,0 +1,87 @@
+"""A directory of ``.h5ad`` shards read as one disk-backed dataset.
+
+Large atlases often come as many files (one per donor, sample or batch). ``ShardedCells`` opens
+every shard with ``backed='r'`` and presents them, in file-name order, as one set of cells: the
+small ``obs`` tables are concatenated in memory, the count matrices stay on disk and are read
+row block by row block (:class:`ShardedMatrix`). It offers the part of the AnnData interface the
+training path uses (``obs``, ``var``, ``X[rows]``, ``isbacked``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+class ShardedMatrix:
+    """Row access to the vertically stacked count matrices of several backed AnnData files."""
+
+    def __init__(self, shards: list[ad.AnnData]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [s.n_obs for s in shards])
+        self.shape = (int(self.starts[-1]), shards[0].n_vars)
+        self.dtype = shards[0].X.dtype
+
+    def __getitem__(self, rows) -> sp.csr_matrix:
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.shape[0]))
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} cells")
+        order = np.argsort(rows, kind="stable")
+        shard_of = np.searchsorted(self.starts, rows[order], side="right") - 1
+        blocks = []
+        for shard in np.unique(shard_of):
+            local = rows[order][shard_of == shard] - self.starts[shard]
+            block = self.shards[shard].X[local]
+            blocks.append(sp.csr_matrix(block))
+        stacked = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.shape[1]))
+        return stacked[np.argsort(order)]  # back to the requested order
+
+
+class ShardedCells:
+    """The cells of every ``*.h5ad`` file in a directory, as one disk-backed dataset."""
+
+    isbacked = True
+
+    def __init__(self, directory: str | Path):
+        directory = Path(directory)
+        paths = sorted(directory.glob("*.h5ad"))
+        if not paths:
+            raise FileNotFoundError(f"{directory} holds no .h5ad shards")
+        self.paths = paths
+        self.shards = [ad.read_h5ad(p, backed="r") for p in paths]
+        genes = self.shards[0].var_names
+        for path, shard in zip(paths[1:], self.shards[1:]):
+            if not shard.var_names.equals(genes):
+                raise ValueError(
+                    f"shard {path.name} has other genes than {paths[0].name} (or another order); "
+                    "all shards must share one gene list"
+                )
+        self.var = self.shards[0].var
+        self.obs = pd.concat([s.obs for s in self.shards])
+        self.X = ShardedMatrix(self.shards)
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self.var.index
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.obs.index
+
+    @property
+    def n_obs(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_vars(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.X.shape
