@@ -7,23 +7,28 @@ from pathlib import Path
 import anndata as ad
 
 from lingshu.data.shards import ShardedCells
+from lingshu.data.soma import SomaCells, is_soma_experiment
 from lingshu.data.validation import CountsValidationError, validate_counts
 
 
 def read_counts(
     path: str | Path, layer: str | None = None, backed: bool = False
-) -> ad.AnnData | ShardedCells:
+) -> ad.AnnData | ShardedCells | SomaCells:
     """Read an ``.h5ad`` file and return an AnnData whose ``X`` holds validated raw counts.
 
     ``layer`` names the layer with raw counts (default ``X``). With ``backed=True`` the matrix stays
     on disk (``backed='r'``) and is only read in row chunks; ``layer`` must then be ``None``.
-    A directory is read as shards (every ``*.h5ad`` in it, backed, see ``data.shards``).
+    A directory is read as shards (every ``*.h5ad`` in it, backed, see ``data.shards``), or as a
+    TileDB-SOMA experiment (measurement ``RNA``; ``layer`` names its X layer, default ``data``).
     """
     path = Path(path)
     if path.is_dir():
-        if layer is not None:
+        if is_soma_experiment(path):
+            cells = SomaCells(path, layer=layer or "data")
+        elif layer is not None:
             raise ValueError("a directory of shards is read from X only; drop --layer")
-        cells = ShardedCells(path)
+        else:
+            cells = ShardedCells(path)
         validate_counts(cells.X)
         return cells
     if not path.is_file():

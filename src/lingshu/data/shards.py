@@ -3,8 +3,7 @@
 Large atlases often come as many files (one per donor, sample or batch). ``ShardedCells`` opens
 every shard with ``backed='r'`` and presents them, in file-name order, as one set of cells: the
 small ``obs`` tables are concatenated in memory, the count matrices stay on disk and are read
-row block by row block (:class:`ShardedMatrix`). It offers the part of the AnnData interface the
-training path uses (``obs``, ``var``, ``X[rows]``, ``isbacked``).
+row block by row block (:class:`ShardedMatrix`), behind the interface of ``data.disk_cells``.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from lingshu.data.disk_cells import DiskCells, row_array
 
 
 class ShardedMatrix:
@@ -27,11 +28,7 @@ class ShardedMatrix:
         self.dtype = shards[0].X.dtype
 
     def __getitem__(self, rows) -> sp.csr_matrix:
-        if isinstance(rows, slice):
-            rows = np.arange(*rows.indices(self.shape[0]))
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"row index out of range for {self.shape[0]} cells")
+        rows = row_array(rows, self.shape[0])
         order = np.argsort(rows, kind="stable")
         shard_of = np.searchsorted(self.starts, rows[order], side="right") - 1
         blocks = []
@@ -43,10 +40,8 @@ class ShardedMatrix:
         return stacked[np.argsort(order)]  # back to the requested order
 
 
-class ShardedCells:
+class ShardedCells(DiskCells):
     """The cells of every ``*.h5ad`` file in a directory, as one disk-backed dataset."""
-
-    isbacked = True
 
     def __init__(self, directory: str | Path):
         directory = Path(directory)
@@ -65,23 +60,3 @@ class ShardedCells:
         self.var = self.shards[0].var
         self.obs = pd.concat([s.obs for s in self.shards])
         self.X = ShardedMatrix(self.shards)
-
-    @property
-    def var_names(self) -> pd.Index:
-        return self.var.index
-
-    @property
-    def obs_names(self) -> pd.Index:
-        return self.obs.index
-
-    @property
-    def n_obs(self) -> int:
-        return self.X.shape[0]
-
-    @property
-    def n_vars(self) -> int:
-        return self.X.shape[1]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.X.shape
