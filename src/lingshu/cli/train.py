@@ -10,13 +10,12 @@ import typer
 
 from lingshu.cli import app
 from lingshu.cli._common import user_errors_as_messages
-from lingshu.config import PRESETS, get_preset
+from lingshu.config import PRESETS
 from lingshu.data.io import read_counts
 from lingshu.data.paths import resolve_data
 from lingshu.data.splits import apply_cell_split, load_split
 from lingshu.training import distributed
 from lingshu.training.run import train as train_model
-from lingshu.training.run import train_in_processes
 
 
 @app.command("train")
@@ -125,7 +124,19 @@ def train(
         condition_keys["perturbation"] = perturbation_key
     elif control_label:
         raise ValueError("--control-label needs --perturbation-key")
-    options = dict(
+    if devices > 1 and distributed.env_world_size() == 1:
+        # Every process reads the file itself (works for --backed too); rank 0 writes --out.
+        typer.echo(f"training on {path} in {devices} processes")
+        data_or_loader = load
+    else:
+        data_or_loader = load()
+        if main_process:
+            typer.echo(
+                f"training on {data_or_loader.n_obs:,} cells x {data_or_loader.n_vars:,} genes from {path}"
+            )
+    result = train_model(
+        data_or_loader,
+        out,
         preset=preset,
         model_overrides=model_overrides,
         train_overrides=train_overrides,
@@ -136,19 +147,8 @@ def train(
         condition_keys=condition_keys,
         control_label=control_label,
         perturbation_kind=perturbation_kind,
+        devices=devices,
     )
-    if devices < 1:
-        raise ValueError(f"--devices must be >= 1, got {devices}")
-    if devices > 1 and distributed.env_world_size() == 1:
-        # Every process reads the file itself (works for --backed too); rank 0 writes --out.
-        _check_batch_size(batch_size, preset, resume, devices)
-        typer.echo(f"training on {path} in {devices} processes")
-        result = train_in_processes(devices, load, out, **options)
-    else:
-        adata = load()
-        if main_process:
-            typer.echo(f"training on {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
-        result = train_model(adata, out, devices=devices, **options)
     last = result.log[-1] if result.log else {}
     if not main_process:
         return
@@ -166,12 +166,3 @@ def read_training_data(path: Path, layer: str | None, backed: bool, holdout: Pat
     if holdout is not None:
         adata, _ = apply_cell_split(adata, load_split(holdout))
     return adata
-
-
-def _check_batch_size(batch_size: int | None, preset: str, resume: bool, devices: int) -> None:
-    """Refuse an uneven split of the global batch before starting any process (a resumed run's
-    batch size is in its checkpoint: the processes check that one themselves)."""
-    if batch_size is None and not resume:
-        batch_size = get_preset(preset).train.batch_size
-    if batch_size is not None:
-        distributed.check_batch_size(batch_size, devices)

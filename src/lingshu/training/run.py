@@ -56,7 +56,7 @@ def default_device() -> torch.device:
 
 
 def train(
-    adata: ad.AnnData,
+    adata: ad.AnnData | Callable[[], ad.AnnData],
     out_dir: str | Path,
     preset: str = "small",
     model_overrides: dict | None = None,
@@ -72,6 +72,9 @@ def train(
     devices: int = 1,
 ) -> Checkpoint:
     """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
+
+    ``adata`` may also be a picklable function that loads the cells: with ``devices > 1`` every
+    process then reads them itself (disk-backed files included) instead of receiving a copy.
 
     With ``resume=True`` training continues from the checkpoint in ``out_dir`` (same data
     required) up to the configured ``max_steps``; on CPU the result equals an uninterrupted run.
@@ -100,7 +103,16 @@ def train(
     if devices < 1:
         raise ValueError(f"--devices must be >= 1, got {devices}")
     if devices > 1 and distributed.env_world_size() == 1:
+        # Refuse an uneven split of the global batch before starting any process (a resumed
+        # run's batch size is in its checkpoint: the processes check that one themselves).
+        batch_size = (train_overrides or {}).get("batch_size")
+        if batch_size is None and not resume:
+            batch_size = get_preset(preset).train.batch_size
+        if batch_size is not None:
+            distributed.check_batch_size(batch_size, devices)
         return train_in_processes(devices, adata, out_dir, **options)
+    if callable(adata):
+        adata = adata()
     if devices > 1 and devices != distributed.env_world_size():
         raise ValueError(
             f"--devices {devices} but torchrun started {distributed.env_world_size()} processes; "
@@ -131,7 +143,7 @@ def train_in_processes(
 
 
 def _train_worker(data, out_dir: str | Path, options: dict) -> None:
-    train(data() if callable(data) else data, out_dir, **options)
+    train(data, out_dir, **options)
 
 
 def _train(
