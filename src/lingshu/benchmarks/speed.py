@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from lingshu.config import get_preset
+from lingshu.config import ModelConfig, get_preset
 from lingshu.data.tokenizer import encode_counts
 from lingshu.model.diffusion import sample_tokens
 from lingshu.model.transformer import MaskPredictor
@@ -96,6 +96,33 @@ def _time_sampling(model, batch, steps, timed_steps, device, guidance: bool) -> 
     return (time.perf_counter() - start) * steps / timed_steps / batch
 
 
+def benchmark_config(preset: str, n_genes: int, patch_size: int | None) -> ModelConfig:
+    """The preset's architecture over ``n_genes`` genes with a source and a perturbation token."""
+    return replace(
+        get_preset(preset).model,
+        n_genes=n_genes,
+        n_condition_tokens=2,
+        n_condition_slots=2,
+        **({} if patch_size is None else {"patch_size": patch_size}),
+    )
+
+
+def training_setup(
+    preset: str, config: ModelConfig, micro: int, dev: torch.device
+) -> tuple[Trainer, TrainingBatch]:
+    """A fresh model, its trainer and one synthetic batch of ``micro`` cells on ``dev``."""
+    torch.manual_seed(0)
+    trainer = Trainer(
+        MaskPredictor(config), replace(get_preset(preset).train, batch_size=micro, max_steps=10_000), dev
+    )
+    batch = TrainingBatch(
+        tokens=torch.from_numpy(encode_counts(synthetic_counts(micro, config.n_genes))).to(dev),
+        observed=torch.ones(config.n_genes, dtype=torch.bool, device=dev),
+        conditions=torch.zeros(micro, 2, dtype=torch.long, device=dev),
+    )
+    return trainer, batch
+
+
 def run_speed_benchmark(
     preset: str = "paper",
     n_genes: int = 18_080,
@@ -111,28 +138,14 @@ def run_speed_benchmark(
 ) -> list[SpeedResult]:
     """Measure training and sampling throughput for each micro-batch size."""
     dev = torch.device(device)
-    chosen = get_preset(preset)
-    config = replace(
-        chosen.model,
-        n_genes=n_genes,
-        n_condition_tokens=2,
-        n_condition_slots=2,
-        **({} if patch_size is None else {"patch_size": patch_size}),
-    )
+    config = benchmark_config(preset, n_genes, patch_size)
     peak = device_peak_tflops(dev, peak_tflops)
     results = []
     for micro in micro_batches:
-        torch.manual_seed(0)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        model = MaskPredictor(config)
-        trainer = Trainer(model, replace(chosen.train, batch_size=micro, max_steps=10_000), dev)
-        counts = synthetic_counts(micro, n_genes)
-        batch = TrainingBatch(
-            tokens=torch.from_numpy(encode_counts(counts)).to(dev),
-            observed=torch.ones(n_genes, dtype=torch.bool, device=dev),
-            conditions=torch.zeros(micro, 2, dtype=torch.long, device=dev),
-        )
+        trainer, batch = training_setup(preset, config, micro, dev)
+        model = trainer.model
         trainer.train_step(batch, step_generator(0, 0))  # warm-up (allocations, kernels)
         _sync(dev)
         start = time.perf_counter()

@@ -37,6 +37,12 @@ def speed(
         None, "--peak-tflops", help="Device peak TFLOP/s for MFU (known GPUs are looked up)."
     ),
     out: Path = typer.Option(Path("benchmarks/speed.json"), "--out", help="JSON file for the results."),
+    profile: bool = typer.Option(
+        False,
+        "--profile",
+        help="Also profile one training step at the first micro-batch size: the operators taking the "
+        "time and the attention kernel SDPA ran (written to OUT with suffix .profile.json).",
+    ),
 ) -> None:
     """Training cells/s, FLOPs, MFU, memory and sampling cells/s on synthetic counts."""
     from lingshu.benchmarks.speed import results_as_records, run_speed_benchmark
@@ -68,6 +74,16 @@ def speed(
             f"host RAM {r['peak_host_ram_gb']:.2f} GB"
         )
     typer.echo(f"wrote {out}")
+    if profile:
+        from lingshu.benchmarks.profile import profile_training_step
+
+        report = profile_training_step(preset, genes, patch, sizes[0], device)
+        profile_path = out.with_suffix(".profile.json")
+        profile_path.write_text(json.dumps(report, indent=1) + "\n")
+        typer.echo(f"attention kernel: {report['attention_kernel']}; one step {report['step_ms']:.0f} ms:")
+        for op in report["top_ops"]:
+            typer.echo(f"  {op['share']:6.1%}  {op['self_ms']:9.1f} ms  {op['calls']:5d} calls  {op['op']}")
+        typer.echo(f"wrote {profile_path}")
 
 
 @benchmark_app.command("generation")
