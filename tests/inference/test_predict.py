@@ -32,7 +32,7 @@ def test_checkpoint_keeps_label_maps_capped_controls_and_the_prior(checkpoint):
     cmap = ConditionMap.from_dict(source.conditions)
     assert cmap.slot("perturbation").width == 2 and cmap.slot("perturbation").kind == "genetic"
     assert source.model_config.n_condition_slots == 2 and source.model_config.condition_widths == (1, 2)
-    assert sorted(source.prior["KO1"]["ctxB"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
+    assert sorted(source.prior["down"]["KO1"]["ctxB"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
 
 
 def test_prediction_prefills_the_prior_and_records_what_it_did(checkpoint, tmp_path):

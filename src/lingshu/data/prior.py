@@ -6,9 +6,15 @@ Benjamini-Hochberg correction, selects the *down* genes of the paper (Eq. 26): F
 |mean difference| > 1, |log2 fold change| > 1, control mean > 2 and perturbed mean < 1, on raw
 counts. At prediction time the down genes of the same target in *other* contexts, plus the target
 itself, are pre-filled with a count of 1 (see ``lingshu.inference.predict``).
+
+One guard beyond the paper (which works on CRISPRi screens): a target whose own expression goes
+*up* in another context (CRISPR activation, as in Norman 2019) is not pre-filled with a count of
+1; its down genes still are.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import anndata as ad
 import numpy as np
@@ -52,13 +58,46 @@ def strongly_down_genes(
     return [str(g) for g in genes[candidate & (adjusted < fdr)]]
 
 
-def down_regulated_by_target(
+@dataclass
+class BiologicalPrior:
+    """Per target and context: the genes it strongly down-regulates, and where it is raised."""
+
+    down: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    raised: dict[str, list[str]] = field(default_factory=dict)
+
+    def genes_for(self, targets: list[str], context: str | None) -> list[str]:
+        """Genes to pre-fill for ``targets`` in ``context``: their down genes in *other*
+        contexts, plus each target not seen raised in another context."""
+        chosen = set()
+        for target in targets:
+            if not any(other != context for other in self.raised.get(target, [])):
+                chosen.add(target)
+            for other, genes in self.down.get(target, {}).items():
+                if other != context:
+                    chosen.update(genes)
+        return sorted(chosen)
+
+    def to_dict(self) -> dict:
+        return {"down": self.down, "raised": self.raised}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BiologicalPrior:
+        return cls(dict(values.get("down", {})), dict(values.get("raised", {})))
+
+
+def target_is_raised(perturbed: np.ndarray, control: np.ndarray, target_column: int) -> bool:
+    """Whether the perturbation raises its own target (activation): mean up by > 1 and > 2-fold."""
+    mean_p, mean_c = perturbed[:, target_column].mean(), control[:, target_column].mean()
+    return bool(mean_p - mean_c > 1 and mean_p > 2 * mean_c)
+
+
+def find_prior(
     adata: ad.AnnData,
     perturbation: ConditionSlot,
     context_key: str | None,
     seed: int = 0,
-) -> dict[str, dict[str, list[str]]]:
-    """``{target: {context: [down genes]}}`` for every single-gene perturbation of ``adata``.
+) -> BiologicalPrior:
+    """The prior of every single-gene perturbation of ``adata`` in every context.
 
     ``perturbation`` is the trained perturbation slot (its obs column and control label).
     Without a context column all cells form one context.
@@ -75,7 +114,8 @@ def down_regulated_by_target(
             rng.choice(rows, MAX_CELLS_PER_GROUP, replace=False) if len(rows) > MAX_CELLS_PER_GROUP else rows
         )
 
-    result: dict[str, dict[str, list[str]]] = {}
+    column = {str(g): i for i, g in enumerate(genes)}
+    result = BiologicalPrior()
     for context in np.unique(contexts):
         in_context = contexts == context
         control_rows = pick(in_context & (labels == perturbation.control_label))
@@ -86,15 +126,7 @@ def down_regulated_by_target(
             if label == perturbation.control_label or len(perturbation.parts(label)) != 1:
                 continue
             perturbed = _dense_rows(adata, pick(in_context & (labels == label)))
-            result.setdefault(label, {})[str(context)] = strongly_down_genes(perturbed, control, genes)
+            result.down.setdefault(label, {})[str(context)] = strongly_down_genes(perturbed, control, genes)
+            if label in column and target_is_raised(perturbed, control, column[label]):
+                result.raised.setdefault(label, []).append(str(context))
     return result
-
-
-def prior_genes(down: dict[str, dict[str, list[str]]], targets: list[str], context: str | None) -> list[str]:
-    """Union of the targets' down genes in contexts other than ``context``, plus the targets."""
-    chosen = set(targets)
-    for target in targets:
-        for other, genes in down.get(target, {}).items():
-            if other != context:
-                chosen.update(genes)
-    return sorted(chosen)

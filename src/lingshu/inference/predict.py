@@ -3,7 +3,8 @@
 Each request is sampled under the source (context) and perturbation tokens with classifier-free
 guidance against the control label of the same context, in few steps (paper: 3), and for genetic
 perturbations with the biological prior: genes the target strongly down-regulates in *other*
-training contexts, plus the target itself, are pre-filled with a count of 1 and never re-masked.
+training contexts, plus the target itself (unless another context shows it raised: activation),
+are pre-filled with a count of 1 and never re-masked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from lingshu.data.conditions import ConditionMap
-from lingshu.data.prior import prior_genes
+from lingshu.data.prior import BiologicalPrior
 from lingshu.data.tokenizer import encode_counts
 from lingshu.inference.generate import encode_rows, provenance, sample_counts
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
@@ -128,6 +129,7 @@ def predict(
     use_prior = (slot.kind or "genetic") == "genetic" if use_prior is None else use_prior
     model = source.build_model(use_ema=use_ema).to(device)
     gene_index = {gene: i for i, gene in enumerate(source.vocabulary.genes)}
+    prior = BiologicalPrior.from_dict(source.prior)
     seen = {tuple(condition_map.encode_labels(c)) for c in condition_map.combinations}
     keys = [s.key for s in condition_map.slots]
     matrices, frames, records = [], [], {}
@@ -144,7 +146,7 @@ def predict(
         if use_prior and request.perturbation != slot.control_label:
             chosen = [
                 g
-                for g in prior_genes(source.prior, slot.parts(request.perturbation), request.context)
+                for g in prior.genes_for(slot.parts(request.perturbation), request.context)
                 if g in gene_index
             ]
             prefill = torch.full((request.n_cells, len(gene_index)), -1, dtype=torch.long)

@@ -15,7 +15,7 @@ import torch
 from lingshu.config import ModelConfig, TrainConfig, get_preset
 from lingshu.data.conditions import ConditionMap, cap_controls
 from lingshu.data.loader import AlignedCounts
-from lingshu.data.prior import down_regulated_by_target
+from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneVocabulary
@@ -194,7 +194,7 @@ def _train(
     source = conditions.slot("source")
     if not resume:
         prior = (
-            down_regulated_by_target(adata, perturbation, source.key if source else None, train_config.seed)
+            find_prior(adata, perturbation, source.key if source else None, train_config.seed).to_dict()
             if perturbation is not None and perturbation.kind == "genetic"
             else {}
         )
