@@ -44,6 +44,11 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
     assert set(table.loc[table["method"].str.startswith("lingshu"), "kind"]) == {"model"}
     # The ablation's reference S (the tiny preset's 8) reuses the main model; S=1 and 32 train their own.
     assert sorted(p.name for p in (out / "ablation_models").iterdir()) == ["model_S1", "model_S32"]
+    report = (out / "report.md").read_text()
+    assert (
+        "## Model settings" in report
+        and "- `lingshu`: checkpoint step 3, 3 unmasking steps, guidance w=2.0" in report
+    )
     predicted = ad.read_h5ad(out / "predictions" / "lingshu.h5ad")
     assert predicted.uns["lingshu"]["guidance"] == 2.0 and predicted.uns["lingshu"]["n_steps"] == 3
     assert list(predicted.var_names) == [f"g{i}" for i in range(predicted.n_vars)]

@@ -63,6 +63,8 @@ class PerturbationBenchmarkResult:
     out_dir: Path
     counts: pd.DataFrame
     figures: dict[str, str] = field(default_factory=dict)
+    # Per model method: how its cells were made (checkpoint step, steps, guidance, prior).
+    model_settings: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_split(task: str | Path | PerturbationSplit) -> PerturbationSplit:
@@ -205,6 +207,24 @@ def _cell_counts(split: PerturbationSplit, train: ad.AnnData, held_out: ad.AnnDa
     return pd.DataFrame.from_records(records)
 
 
+def model_settings(provenance: dict) -> str:
+    """One line on how a model's cells were made, from ``uns['lingshu']`` of ``predict``."""
+    requests = provenance.get("requests", {}).values()
+    substituted = sorted(
+        {r["perturbation"] for r in requests if r.get("conditioned_on") != r["perturbation"]}
+    )
+    prior_sizes = [len(r.get("prior_genes", [])) for r in requests]
+    text = (
+        f"checkpoint step {provenance.get('checkpoint_step')}, {provenance.get('n_steps')} unmasking steps, "
+        f"guidance w={provenance.get('guidance')}, prior {'on' if provenance.get('prior') else 'off'}"
+    )
+    if provenance.get("prior") and prior_sizes:
+        text += f" ({min(prior_sizes)}-{max(prior_sizes)} genes pre-filled per condition)"
+    if substituted:
+        text += f"; no token for {', '.join(substituted)}: sampled under the control token, prior only"
+    return text
+
+
 def run_perturbation_benchmark(
     task: str | Path | PerturbationSplit,
     methods: Sequence[str] | Mapping[str, Predictor] | None = None,
@@ -255,6 +275,9 @@ def run_perturbation_benchmark(
         timings=timings,
         out_dir=out_dir,
         counts=_cell_counts(split, train, held_out),
+        model_settings={
+            name: model_settings(p.uns["lingshu"]) for name, p in predictions.items() if "lingshu" in p.uns
+        },
     )
     if plots:
         started = time.perf_counter()

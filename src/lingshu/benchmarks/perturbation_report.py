@@ -171,6 +171,10 @@ def write_report(result: PerturbationBenchmarkResult) -> Path:
         markdown_table(result.counts, index=False),
         "",
     ]
+    if result.model_settings:
+        lines += ["## Model settings", ""]
+        lines += [f"- `{name}`: {text}" for name, text in result.model_settings.items()]
+        lines += [""]
     columns = ["method", "kind", *METRICS, "score_vs_perturbation_mean", "score_vs_control"]
     for block in split.blocks:
         table = result.metrics[result.metrics["block"] == block][columns]
