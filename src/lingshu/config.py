@@ -52,6 +52,9 @@ class ModelConfig:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (paper defaults: AdamW 0.9/0.95, wd 0.1, clip 1.0, batch 256)."""
@@ -78,6 +81,13 @@ class TrainConfig:
     # torch.compile the loss computation (model forward and cross-entropy); same results up to
     # floating-point rounding, faster steps after a one-off compilation.
     compile: bool = False
+    # Matmul precision of the forward/backward pass: "auto" = bf16 autocast on CUDA, fp32 on
+    # CPU; "bf16" or "fp32" force one (the weights and optimizer state stay fp32 either way).
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,25 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, counts_ad
     )
     assert recomputed.train_config.activation_checkpointing and len(calls) > 0
     assert _states_equal(plain.model_state, recomputed.model_state)
+
+
+def test_bf16_autocast_changes_the_loss_only_by_rounding(tmp_path, counts_adata):
+    overrides = {**TINY, "log_every": 1}
+    fp32 = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=overrides, progress=False)
+    bf16 = train(
+        counts_adata,
+        tmp_path / "b",
+        preset="tiny",
+        train_overrides={**overrides, "precision": "bf16"},
+        progress=False,
+    )
+    losses_fp32 = torch.tensor([r["loss"] for r in fp32.log])
+    losses_bf16 = torch.tensor([r["loss"] for r in bf16.log])
+    assert len(losses_fp32) == TINY["max_steps"]
+    torch.testing.assert_close(losses_bf16, losses_fp32, rtol=2e-2, atol=0)
+    assert not torch.equal(losses_bf16, losses_fp32)  # bf16 really ran
+    assert all(v.dtype == torch.float32 for v in bf16.model_state.values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train(
+            counts_adata, tmp_path / "c", preset="tiny", train_overrides={"precision": "fp8"}, progress=False
+        )

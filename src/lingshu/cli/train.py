@@ -43,6 +43,11 @@ def train(
         help="Recompute block activations in the backward pass: less GPU memory, ~30%% more "
         "compute, identical results.",
     ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32; weights stay fp32.",
+    ),
     compile_model: bool = typer.Option(
         False,
         "--compile",
@@ -116,6 +121,7 @@ def train(
         "activation_checkpointing": activation_checkpointing or None,
         "max_control_fraction": control_fraction,
         "compile": compile_model or None,
+        "precision": None if precision == "auto" else precision,
     }
     train_overrides = {k: v for k, v in overrides.items() if v is not None}
     model_overrides = {} if patch_size is None else {"patch_size": patch_size}

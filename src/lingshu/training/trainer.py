@@ -120,8 +120,10 @@ class Trainer:
         self.log: list[dict] = []
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on CUDA by default (``precision='auto'``), or as configured."""
+        precision = self.config.precision
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def train_step(self, batch: TrainingBatch, generator: torch.Generator) -> float:
