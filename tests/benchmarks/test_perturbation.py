@@ -83,4 +83,8 @@ def test_user_split_file_is_accepted(toy_perturbation_task, tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(toy_perturbation_task[0]))
     result = run_perturbation_benchmark(path, ["control"], tmp_path / "out", plots=False)
-    assert set(result.metrics["method"]) == {"control", HALF_SPLIT, CELL_EVAL_CEILING}
+    # The score's reference (the perturbation mean) is added, so that every method gets a score.
+    assert set(result.metrics["method"]) == {"control", "perturbation_mean", HALF_SPLIT, CELL_EVAL_CEILING}
+    assert (
+        result.metrics.loc[result.metrics["method"] == "control", "score_vs_perturbation_mean"].notna().all()
+    )

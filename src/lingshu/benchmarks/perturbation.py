@@ -75,15 +75,18 @@ def resolve_split(task: str | Path | PerturbationSplit) -> PerturbationSplit:
 
 
 def resolve_methods(methods: Sequence[str] | Mapping[str, Predictor] | None) -> dict[str, Predictor]:
-    """Methods by name from :data:`PERTURBATION_METHODS`, or given directly as a mapping."""
+    """Methods by name from :data:`PERTURBATION_METHODS`, or given directly as a mapping; the
+    score's reference baselines (:data:`SCORE_REFERENCES`) are added when missing, so every
+    method gets a score."""
     if methods is None:
         methods = DEFAULT_METHODS
-    if isinstance(methods, Mapping):
-        return dict(methods)
-    unknown = [name for name in methods if name not in PERTURBATION_METHODS]
-    if unknown:
-        raise KeyError(f"unknown methods {unknown}; choose from {', '.join(PERTURBATION_METHODS)}")
-    return {name: PERTURBATION_METHODS[name] for name in methods}
+    if not isinstance(methods, Mapping):
+        unknown = [name for name in methods if name not in PERTURBATION_METHODS]
+        if unknown:
+            raise KeyError(f"unknown methods {unknown}; choose from {', '.join(PERTURBATION_METHODS)}")
+        methods = {name: PERTURBATION_METHODS[name] for name in methods}
+    missing = {name: PERTURBATION_METHODS[name] for name in SCORE_REFERENCES if name not in methods}
+    return {**dict(methods), **missing}
 
 
 def check_prediction(
