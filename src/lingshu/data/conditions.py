@@ -64,7 +64,7 @@ class ConditionMap:
     @property
     def n_positions(self) -> int:
         """Columns of encoded conditions per cell (a combinable slot takes ``width``)."""
-        return sum(slot.width for slot in self.slots)
+        return sum(self.widths)
 
     @property
     def widths(self) -> tuple[int, ...]:

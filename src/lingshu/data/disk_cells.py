@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 
 def row_array(rows, n_rows: int) -> np.ndarray:
@@ -49,10 +48,3 @@ class DiskCells:
     @property
     def shape(self) -> tuple[int, int]:
         return self.X.shape
-
-
-def csr_rows(
-    n_rows: int, n_cols: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
-) -> sp.csr_matrix:
-    """A CSR matrix from coordinate triplets (used to assemble rows read from disk)."""
-    return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n_cols))

@@ -25,7 +25,6 @@ class ShardedMatrix:
         self.shards = shards
         self.starts = np.cumsum([0] + [s.n_obs for s in shards])
         self.shape = (int(self.starts[-1]), shards[0].n_vars)
-        self.dtype = shards[0].X.dtype
 
     def __getitem__(self, rows) -> sp.csr_matrix:
         rows = row_array(rows, self.shape[0])

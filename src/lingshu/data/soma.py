@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
-from lingshu.data.disk_cells import DiskCells, csr_rows, row_array
+from lingshu.data.disk_cells import DiskCells, row_array
 
 SOMA_INSTALL_HINT = "pip install 'lingshu-cell[large]'"
 
@@ -33,22 +34,18 @@ def _import_soma():
 class SomaMatrix:
     """Row access to one X layer of a SOMA measurement: ``matrix[rows]`` -> CSR."""
 
-    def __init__(self, array, shape: tuple[int, int], dtype):
+    def __init__(self, array, shape: tuple[int, int]):
         self.array = array
         self.shape = shape
-        self.dtype = dtype
 
     def __getitem__(self, rows):
         rows = row_array(rows, self.shape[0])
         unique, inverse = np.unique(rows, return_inverse=True)
         table = self.array.read(coords=(unique, slice(None))).tables().concat()
         positions = np.searchsorted(unique, table["soma_dim_0"].to_numpy())
-        block = csr_rows(
-            len(unique),
-            self.shape[1],
-            positions,
-            table["soma_dim_1"].to_numpy(),
-            table["soma_data"].to_numpy(),
+        block = sp.csr_matrix(
+            (table["soma_data"].to_numpy(), (positions, table["soma_dim_1"].to_numpy())),
+            shape=(len(unique), self.shape[1]),
         )
         return block[inverse]
 
@@ -81,4 +78,4 @@ class SomaCells(DiskCells):
         )
         array = ms.X[layer]
         shape = (int(obs["soma_joinid"].max()) + 1, int(var["soma_joinid"].max()) + 1)
-        self.X = SomaMatrix(array, shape, np.dtype(array.schema.field("soma_data").type.to_pandas_dtype()))
+        self.X = SomaMatrix(array, shape)

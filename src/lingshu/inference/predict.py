@@ -130,6 +130,7 @@ def predict(
     model = source.build_model(use_ema=use_ema).to(device)
     gene_index = {gene: i for i, gene in enumerate(source.vocabulary.genes)}
     prior = BiologicalPrior.from_dict(source.prior)
+    prior_token = int(encode_counts(np.array([PRIOR_COUNT]))[0])
     seen = {tuple(condition_map.encode_labels(c)) for c in condition_map.combinations}
     keys = [s.key for s in condition_map.slots]
     matrices, frames, records = [], [], {}
@@ -150,8 +151,7 @@ def predict(
                 if g in gene_index
             ]
             prefill = torch.full((request.n_cells, len(gene_index)), -1, dtype=torch.long)
-            token = int(encode_counts(np.array([PRIOR_COUNT]))[0])
-            prefill[:, [gene_index[g] for g in chosen]] = token
+            prefill[:, [gene_index[g] for g in chosen]] = prior_token
         matrices.append(
             sample_counts(
                 model,
@@ -161,8 +161,10 @@ def predict(
                 batch_size,
                 device,
                 progress,
-                encode_rows(condition_map, pd.DataFrame([labels] * request.n_cells)),
-                encode_rows(condition_map, pd.DataFrame([labels] * request.n_cells), as_control=True),
+                encode_rows(condition_map, pd.DataFrame([labels])).expand(request.n_cells, -1),
+                encode_rows(condition_map, pd.DataFrame([labels]), as_control=True).expand(
+                    request.n_cells, -1
+                ),
                 guidance,
                 prefill,
                 desc=f"predicting {request.perturbation}"

@@ -193,9 +193,10 @@ def _train(
     perturbation = conditions.slot("perturbation")
     source = conditions.slot("source")
     if not resume:
+        # Only rank 0 writes checkpoints, so only it pays for the differential-expression tests.
         prior = (
             find_prior(adata, perturbation, source.key if source else None, train_config.seed).to_dict()
-            if perturbation is not None and perturbation.kind == "genetic"
+            if perturbation is not None and perturbation.kind == "genetic" and distributed.is_main()
             else {}
         )
     cells = None
