@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The `make demo` pipeline on real data: split pbmc3k with the shipped fixed 80/20 cell split,
-# train the `small` preset on the training cells, generate as many cells as are held out, and
-# score them against the held-out cells beside the real-vs-real ceiling and simple baselines.
+# train the `small` preset on the training cells conditioned on their cell type, generate as many
+# cells as are held out (cell types drawn in training proportions), and score them against the
+# held-out cells beside the real-vs-real ceiling and simple baselines.
 set -euo pipefail
 LINGSHU=${LINGSHU:-lingshu}
 OUT=${DEMO_DIR:-demo_output}
@@ -15,13 +16,14 @@ start=$(date +%s)
 echo "== 1/4 split pbmc3k (fixed split: src/lingshu/splits/pbmc3k_cells.json)"
 "$LINGSHU" data split pbmc3k --split pbmc3k_cells --out "$OUT/data"
 
-echo "== 2/4 train the small preset (genes detected in >= $MIN_CELLS training cells)"
+echo "== 2/4 train the small preset on cell types (genes detected in >= $MIN_CELLS training cells)"
 rm -rf "$OUT/model"
 "$LINGSHU" train "$OUT/data/train.h5ad" --preset small --min-cells "$MIN_CELLS" --seed "$SEED" \
+  --source-key cell_type \
   ${STEPS:+--max-steps "$STEPS"} --out "$OUT/model"
 trained=$(date +%s)
 
-echo "== 3/4 generate as many cells as are held out, $SAMPLING_STEPS unmasking steps"
+echo "== 3/4 generate as many cells as are held out (training cell-type proportions), $SAMPLING_STEPS steps"
 n_held=$("$LINGSHU" data count "$OUT/data/held_out.h5ad")
 "$LINGSHU" generate --checkpoint "$OUT/model" --n-cells "$n_held" --steps "$SAMPLING_STEPS" \
   --seed "$SEED" --out "$OUT/generated.h5ad"

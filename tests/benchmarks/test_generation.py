@@ -1,7 +1,10 @@
 import json
 
+import pandas as pd
+
 from lingshu.benchmarks.generation import run_generation_benchmark
 from lingshu.data.splits import make_cell_split, save_split
+from lingshu.training.checkpoint import load_checkpoint
 
 
 def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, counts_adata):
@@ -27,3 +30,8 @@ def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, count
     assert "ceiling" in (report / "metrics.csv").read_text().lower()
     timings = json.loads((tmp_path / "bench" / "timings.json").read_text())
     assert {"train_s", "generate_2_steps_s", "generate_4_steps_s", "evaluate_s"} <= set(timings)
+    # Conditioned on the cell type by default: generated cells carry their requested type, which
+    # the report scores (celltype_accuracy).
+    assert load_checkpoint(tmp_path / "bench" / "model").model_config.n_contexts == 3
+    metrics = pd.read_csv(report / "metrics.csv", index_col=0)
+    assert metrics.loc["lingshu (2 steps)", "celltype_accuracy"] >= 0

@@ -122,3 +122,54 @@ def test_a_combination_slot_sums_its_genes_in_any_order_and_padding_adds_nothing
             ]
         ),
     )
+
+
+def _context_model(shrinkage_counts):
+    """A 2-context model whose network output is zeroed, so its logits are the two priors."""
+    model = _tiny(
+        n_genes=37,
+        n_condition_tokens=3,
+        n_condition_slots=1,
+        context_column=0,
+        context_offset=0,
+        n_contexts=3,
+    )
+    with torch.no_grad():
+        model.head.weight.zero_()
+    counts = torch.zeros(3, 37, 281)
+    counts[0, :, 0], counts[0, :, 5] = 90, 10  # context 0: mostly zeros
+    counts[1, :, 0], counts[1, :, 5] = 10, 90  # context 1: mostly count 5
+    counts[2, :, 0], counts[2, :, 5] = 1, 1  # context 2: two cells only
+    overall = counts.sum(0)
+    model.init_token_prior(overall)
+    model.init_context_prior(counts, overall, shrinkage=shrinkage_counts)
+    return model, counts
+
+
+def test_context_prior_gives_each_context_its_own_marginals():
+    model, counts = _context_model(shrinkage_counts=0.0)
+    tokens = torch.full((2, 37), MASK_TOKEN)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(tokens, torch.tensor([[0], [1]])), -1)
+    torch.testing.assert_close(probabilities[0, :, 0], torch.full((37,), 0.9), atol=1e-3, rtol=0)
+    torch.testing.assert_close(probabilities[1, :, 5], torch.full((37,), 0.9), atol=1e-3, rtol=0)
+    # The training path (permuted order) adds the same offsets as the sampling path.
+    hidden = model.encode(tokens, torch.tensor([[0], [1]]))
+    permuted = model.permuted_logits(hidden, model.context_index(torch.tensor([[0], [1]])))
+    torch.testing.assert_close(
+        permuted[:, model.inverse_permutation], model(tokens, torch.tensor([[0], [1]]))
+    )
+
+
+def test_context_prior_shrinks_a_small_context_towards_all_cells():
+    model, counts = _context_model(shrinkage_counts=20.0)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.full((1, 37), MASK_TOKEN), torch.tensor([[2]])), -1)
+    overall = counts.sum(0)[0, 0] / counts.sum(0)[0].sum()  # 101/202 zeros over all cells
+    expected = (1 + 20 * overall) / (2 + 20)
+    torch.testing.assert_close(probabilities[0, :, 0], torch.full((37,), float(expected)), atol=1e-3, rtol=0)
+
+
+def test_a_model_without_a_source_slot_has_no_context_prior():
+    model = _tiny(n_condition_tokens=2, n_condition_slots=1)
+    assert model.context_prior is None and model.context_index(torch.tensor([[1]])) is None

@@ -38,11 +38,14 @@ def run_generation_benchmark(
     checkpoint: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    condition_key: str | None = "cell_type",
 ) -> pd.DataFrame:
     """Run the whole comparison and write ``out_dir/report`` plus ``out_dir/timings.json``.
 
     ``checkpoint`` reuses a trained model instead of training one (its training data must be the
-    training part of the same split).
+    training part of the same split). ``condition_key`` (an ``obs`` column such as the cell type)
+    trains a model conditioned on it and generates cells with labels drawn in training
+    proportions; None, or a column the data lack, trains an unconditional model.
     """
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
@@ -52,6 +55,7 @@ def run_generation_benchmark(
         checkpoint = out_dir / "model"
         started = time.perf_counter()
         overrides = {"seed": seed, **({} if max_steps is None else {"max_steps": max_steps})}
+        conditional = condition_key is not None and condition_key in train_cells.obs
         train(
             train_cells,
             checkpoint,
@@ -59,6 +63,7 @@ def run_generation_benchmark(
             min_cells=min_cells,
             train_overrides=overrides,
             progress=progress,
+            condition_keys={"source": condition_key} if conditional else None,
         )
         timings["train_s"] = time.perf_counter() - started
     model = load_checkpoint(Path(checkpoint))

@@ -111,6 +111,12 @@ def generation(
     ),
     out: Path = typer.Option(Path("runs/benchmark_generation"), "--out", help="Output directory."),
     seed: int = typer.Option(0, "--seed", help="Global seed."),
+    condition_key: str = typer.Option(
+        "cell_type",
+        "--condition-key",
+        help="obs column the model is conditioned on (cells generated in its training proportions); "
+        "'none' for an unconditional model.",
+    ),
 ) -> None:
     """Train, generate and evaluate against held-out cells, the real ceiling and the baselines."""
     from lingshu.benchmarks.generation import run_generation_benchmark
@@ -126,6 +132,7 @@ def generation(
         baselines=[b for b in baselines.split(",") if b],
         checkpoint=checkpoint,
         seed=seed,
+        condition_key=None if condition_key.lower() == "none" else condition_key,
     )
     typer.echo(table.to_string())
     typer.echo(f"report: {out / 'report' / 'report.md'}")

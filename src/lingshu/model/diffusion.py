@@ -76,7 +76,7 @@ def masked_loss_and_mask(
     inputs = torch.where(masked | ~observed, torch.full_like(tokens, MASK_TOKEN), tokens)
     # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
     permutation = model.permutation
-    logits = model.permuted_logits(model.encode(inputs, conditions)).float()
+    logits = model.permuted_logits(model.encode(inputs, conditions), model.context_index(conditions)).float()
     nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
     weights = masked[:, permutation] / (t[:, None] * observed.sum(1, keepdim=True).clamp_min(1))
     return (nll.view(b, g) * weights).sum() / b, masked
@@ -169,13 +169,16 @@ def sample_tokens(
             continue
         cells, genes = reveal.nonzero(as_tuple=True)
         if use_guidance:
-            hidden = model.encode(torch.cat([tokens, tokens]), torch.cat([conditions, control_conditions]))
+            both = torch.cat([conditions, control_conditions])
+            hidden = model.encode(torch.cat([tokens, tokens]), both)
+            context = model.context_index(both)
             logits = guided_logits(
-                model.logits_at(hidden, cells, genes).float(),
-                model.logits_at(hidden, cells + n_cells, genes).float(),
+                model.logits_at(hidden, cells, genes, context).float(),
+                model.logits_at(hidden, cells + n_cells, genes, context).float(),
                 guidance,
             )
         else:
-            logits = model.logits_at(model.encode(tokens, conditions), cells, genes).float()
+            context = model.context_index(conditions)
+            logits = model.logits_at(model.encode(tokens, conditions), cells, genes, context).float()
         tokens[cells, genes] = sample_categorical(logits, generator)
     return tokens

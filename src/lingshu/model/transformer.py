@@ -109,6 +109,14 @@ class MaskPredictor(nn.Module):
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
         self.token_prior = nn.Parameter(torch.zeros(g, N_EXPRESSION_TOKENS)) if config.token_prior else None
+        # Fixed per-context log-frequency offsets (a buffer: no gradient, no optimizer state);
+        # half precision halves the checkpoint, and offsets are small numbers.
+        self.register_buffer(
+            "context_prior",
+            torch.zeros(config.n_contexts, g, N_EXPRESSION_TOKENS, dtype=torch.float16)
+            if self.uses_context_prior
+            else None,
+        )
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -136,6 +144,36 @@ class MaskPredictor(nn.Module):
             raise ValueError("this model was built with token_prior=False")
         probabilities = frequencies / frequencies.sum(-1, keepdim=True).clamp_min(1e-12)
         self.token_prior.copy_(torch.log(probabilities.clamp_min(floor)).to(self.token_prior))
+
+    @property
+    def uses_context_prior(self) -> bool:
+        c = self.config
+        return c.context_prior and c.n_contexts > 0 and c.context_column >= 0
+
+    @torch.no_grad()
+    def init_context_prior(
+        self, context_counts: torch.Tensor, global_counts: torch.Tensor, shrinkage: float = 20.0
+    ) -> None:
+        """Set each context's offsets to log p_context - log p_all over the token counts.
+
+        ``context_counts`` (C, G, 281) and ``global_counts`` (G, 281) count tokens per gene.
+        p_context = (counts + k * p_all) / (cells + k) with k = ``shrinkage`` cells, so a context
+        of a few cells stays near the global table instead of zeroing every unseen count.
+        """
+        if not self.uses_context_prior:
+            raise ValueError("this model has no context prior (no source condition)")
+        floor = 1e-9
+        overall = global_counts / global_counts.sum(-1, keepdim=True).clamp_min(1e-12)
+        cells = context_counts.sum(-1, keepdim=True)
+        local = (context_counts + shrinkage * overall) / (cells + shrinkage)
+        offsets = torch.log(local.clamp_min(floor)) - torch.log(overall.clamp_min(floor))
+        self.context_prior.copy_(offsets.to(self.context_prior.dtype))
+
+    def context_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
+        """Each cell's context (source label) row of the context prior, or None without one."""
+        if not self.uses_context_prior or conditions is None:
+            return None
+        return conditions[:, self.config.context_column] - self.config.context_offset
 
     def _slot_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings pushed through each slot's block of the compression matrix.
@@ -200,8 +238,16 @@ class MaskPredictor(nn.Module):
             return embedded
         return torch.stack([part.sum(1) for part in embedded.split(widths, dim=1)], dim=1)
 
-    def logits_at(self, hidden: torch.Tensor, cells: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+    def logits_at(
+        self,
+        hidden: torch.Tensor,
+        cells: torch.Tensor,
+        genes: torch.Tensor,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Expression-token logits (M, 281) for the (cell, gene) pairs given as index vectors.
+
+        ``context`` (B,) holds each hidden row's context-prior row (:meth:`context_index`).
 
         Decompression, the gene embedding and the head are linear, so the logits of gene g in
         slot s of group j are (head @ W_up_s) h_j + head @ gene_g: one small matmul per slot on
@@ -218,6 +264,8 @@ class MaskPredictor(nn.Module):
             offsets = offsets + (self.gene_embedding @ head.T)[genes]
         if self.token_prior is not None:
             offsets = offsets + self.token_prior[genes]
+        if context is not None:
+            offsets = offsets + self.context_prior[context[cells], genes].to(offsets.dtype)
         if s == 1:
             return torch.addmm(offsets, states, head.T)
         per_slot = torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
@@ -230,7 +278,7 @@ class MaskPredictor(nn.Module):
         logits = torch.empty_like(sorted_logits).index_copy(0, order, sorted_logits)
         return logits
 
-    def permuted_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def permuted_logits(self, hidden: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of every gene, (B, G, 281), in *permuted* gene order (gene ``permutation[i]``
         at position i), as a few large matmuls: the training path, where most positions count.
         """
@@ -252,6 +300,10 @@ class MaskPredictor(nn.Module):
             offsets.append(self.token_prior[self.permutation])
         if offsets:
             logits = logits.add_(sum(offsets[1:], offsets[0]))
+        if context is not None:
+            logits = logits.add_(
+                self.context_prior[context[:, None], self.permutation[None, :]].to(logits.dtype)
+            )
         return logits
 
     def forward(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
@@ -261,7 +313,7 @@ class MaskPredictor(nn.Module):
         hidden = self.encode(tokens, conditions)
         cells = torch.arange(b, device=tokens.device).repeat_interleave(g)
         genes = torch.arange(g, device=tokens.device).repeat(b)
-        return self.logits_at(hidden, cells, genes).view(b, g, -1)
+        return self.logits_at(hidden, cells, genes, self.context_index(conditions)).view(b, g, -1)
 
     def block_parameter_count(self) -> int:
         """Parameters of the transformer blocks and final norm (the paper's ~85M for `paper`)."""

@@ -37,18 +37,57 @@ def data_fingerprint(adata: ad.AnnData) -> str:
     return digest.hexdigest()
 
 
+# The context prior is a dense (contexts, genes, 281) table; above this many entries (~26
+# contexts of 18k genes, 256 MB in half precision) it is left out rather than eat the memory.
+MAX_CONTEXT_PRIOR_ENTRIES = 2**27
+
+
 def token_frequencies(data: AlignedCounts, chunk_size: int = 1024) -> torch.Tensor:
-    """Per-gene token counts (G, 281) over all cells; unobserved genes get the pooled average."""
+    """Per-gene token frequencies (G, 281) over all cells; unobserved genes get the pooled average."""
+    frequencies = token_counts(data, np.zeros(data.n_cells, dtype=np.int64), 1, chunk_size)[0].double()
+    frequencies /= frequencies.sum(1, keepdim=True)
+    frequencies[~torch.from_numpy(data.observed)] = frequencies[torch.from_numpy(data.observed)].mean(0)
+    return frequencies.float()
+
+
+def token_counts(
+    data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_size: int = 1024
+) -> torch.Tensor:
+    """Token counts (n_groups, G, 281) per group of cells (``groups``: one index per cell)."""
     n_genes = len(data.observed)
-    totals = np.zeros(n_genes * N_EXPRESSION_TOKENS, dtype=np.int64)
+    totals = np.zeros((n_groups, n_genes * N_EXPRESSION_TOKENS), dtype=np.int32)
     offsets = np.arange(n_genes, dtype=np.int64) * N_EXPRESSION_TOKENS
+    groups = np.asarray(groups)
     for start in range(0, data.n_cells, chunk_size):
-        tokens = encode_counts(data.rows(np.arange(start, min(start + chunk_size, data.n_cells))))
-        totals += np.bincount((tokens + offsets).ravel(), minlength=totals.size)
-    frequencies = totals.reshape(n_genes, N_EXPRESSION_TOKENS).astype(np.float64)
-    frequencies /= frequencies.sum(1, keepdims=True)
-    frequencies[~data.observed] = frequencies[data.observed].mean(0)
-    return torch.from_numpy(frequencies).float()
+        rows = np.arange(start, min(start + chunk_size, data.n_cells))
+        tokens = encode_counts(data.rows(rows)) + offsets
+        for group in np.unique(groups[rows]):
+            picked = tokens[groups[rows] == group].ravel()
+            totals[group] += np.bincount(picked, minlength=totals.shape[1]).astype(np.int32)
+    counts = totals.reshape(n_groups, n_genes, N_EXPRESSION_TOKENS)
+    counts[:, ~data.observed] = 0
+    return torch.from_numpy(counts)
+
+
+def context_token_counts(
+    adata: ad.AnnData, alignment, conditions: ConditionMap, perturbation
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token counts per context (C, G, 281) and over those cells (G, 281) for the context prior.
+
+    A perturbation model measures each context on its *control* cells (all of them, before the
+    cap), so the context prior is the context's baseline and the network learns every
+    perturbation as a shift from it, the same in every context; a context's perturbation mix
+    (e.g. a cell type whose stimulated cells are held out) then does not leak into its prior.
+    """
+    obs = adata.obs
+    cells = None
+    if perturbation is not None:
+        cells = np.flatnonzero(obs[perturbation.key].astype(str).to_numpy() == perturbation.control_label)
+        obs = obs.iloc[cells]
+    column, first, n_contexts = conditions.context_location()
+    contexts = conditions.encode_obs(obs)[:, column] - first
+    per_context = token_counts(AlignedCounts(adata, alignment, cells=cells), contexts, n_contexts).float()
+    return per_context, per_context.sum(0)
 
 
 def default_device() -> torch.device:
@@ -180,12 +219,21 @@ def _train(
         conditions = ConditionMap.from_obs(
             adata.obs, condition_keys or {}, control_label=control_label, perturbation_kind=perturbation_kind
         )
+        column, first, n_contexts = conditions.context_location() or (-1, 0, 0)
+        if n_contexts * len(vocabulary) * N_EXPRESSION_TOKENS > MAX_CONTEXT_PRIOR_ENTRIES:
+            print(
+                f"{n_contexts:,} contexts x {len(vocabulary):,} genes: too many for a context prior; left out"
+            )
+            column, n_contexts = -1, 0
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
             n_condition_tokens=conditions.n_tokens,
             n_condition_slots=conditions.n_slots,
             condition_widths=conditions.widths,
+            context_column=column,
+            context_offset=first,
+            n_contexts=n_contexts,
             **(model_overrides or {}),
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
@@ -221,8 +269,11 @@ def _train(
     data = AlignedCounts(adata, alignment, cells=cells)
     obs = adata.obs if cells is None else adata.obs.iloc[cells]
     model = MaskPredictor(model_config)
+    encoded = conditions.encode_obs(obs) if conditions.n_slots else None
     if model_config.token_prior and not resume:
         model.init_token_prior(token_frequencies(data))
+    if model.uses_context_prior and not resume:
+        model.init_context_prior(*context_token_counts(adata, alignment, conditions, perturbation))
     trainer = Trainer(model, train_config, device)
     if resume:
         trainer.model.load_state_dict(previous.model_state)
@@ -248,7 +299,7 @@ def _train(
 
     trainer.run(
         data,
-        conditions=conditions.encode_obs(obs) if conditions.n_slots else None,
+        conditions=encoded,
         on_checkpoint=lambda current: save_checkpoint(snapshot(current), out_dir),
         progress=progress,
     )
