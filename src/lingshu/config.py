@@ -32,6 +32,11 @@ class ModelConfig:
     per-context marginals from the first step and leaves it the structure within a context.
     ``context_column``/``context_offset``/``n_contexts`` locate the source slot among the
     encoded conditions and its labels among the condition tokens (set from the data).
+    ``perturbation_prior`` tilts each gene's token distribution by its perturbation's mean fold
+    change against control in the training data (``logit += theta * log1p(count)``; the parts of
+    a combination add), so a model starts at the additive-shift answer and the network learns the
+    rest; ``perturbation_column``/``perturbation_width``/``perturbation_offset``/
+    ``n_perturbation_labels`` locate the perturbation slot (set from the data).
     """
 
     n_genes: int = 0
@@ -51,6 +56,11 @@ class ModelConfig:
     context_column: int = -1
     context_offset: int = 0
     n_contexts: int = 0
+    perturbation_prior: bool = True
+    perturbation_column: int = -1
+    perturbation_width: int = 0
+    perturbation_offset: int = 0
+    n_perturbation_labels: int = 0
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from lingshu.benchmarks.perturbation_model import on_genes
 from lingshu.cli import app
+from lingshu.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -41,9 +42,17 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
     table = pd.read_csv(out / "metrics.csv")
     methods = set(table["method"])
     assert {"lingshu", "control", "lingshu S=8 w=0", "lingshu S=1 w=2", "lingshu S=8 w=2 no prior"} <= methods
+    assert "lingshu S=8 w=2 no shift prior" in methods
     assert set(table.loc[table["method"].str.startswith("lingshu"), "kind"]) == {"model"}
-    # The ablation's reference S (the tiny preset's 8) reuses the main model; S=1 and 32 train their own.
-    assert sorted(p.name for p in (out / "ablation_models").iterdir()) == ["model_S1", "model_S32"]
+    # The ablation's reference S (the tiny preset's 8) reuses the main model; S=1 and 32 train their
+    # own, and so does the model without the shift prior.
+    assert sorted(p.name for p in (out / "ablation_models").iterdir()) == [
+        "model_S1",
+        "model_S32",
+        "model_no_shift_prior",
+    ]
+    without = load_checkpoint(out / "ablation_models" / "model_no_shift_prior").model_config
+    assert not without.perturbation_prior and load_checkpoint(out / "model").model_config.perturbation_prior
     report = (out / "report.md").read_text()
     assert (
         "## Model settings" in report

@@ -111,7 +111,8 @@ def ablation_methods(
     patch_sizes: Sequence[int] = (1, 8, 32),
 ) -> dict[str, LingshuPredictor]:
     """One-factor-at-a-time ablation around ``base`` (S = 32, w = 2, prior on):
-    every guidance w, every compression S (one model trained per S) and the prior off."""
+    every guidance w, every compression S (one model trained per S), the prior off, and a model
+    trained without the perturbation shift prior (README, deviation 4)."""
     reference_s = base.model_overrides.get("patch_size") or get_preset(base.preset).model.patch_size
 
     def variant(patch: int, guidance: float, prior: bool) -> LingshuPredictor:
@@ -128,4 +129,9 @@ def ablation_methods(
     for patch in patch_sizes:
         methods.setdefault(f"lingshu S={patch} w=2", variant(patch, 2, True))
     methods[f"lingshu S={reference_s} w=2 no prior"] = variant(reference_s, 2, False)
+    methods[f"lingshu S={reference_s} w=2 no shift prior"] = replace(
+        variant(reference_s, 2, True),
+        model_dir=Path(model_root) / "model_no_shift_prior",
+        model_overrides={**base.model_overrides, "patch_size": reference_s, "perturbation_prior": False},
+    )
     return methods

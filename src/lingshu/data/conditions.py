@@ -83,10 +83,10 @@ class ConditionMap:
         """The slot with this role name (``source`` / ``perturbation``), or None."""
         return next((s for s in self.slots if s.name == name), None)
 
-    def context_location(self) -> tuple[int, int, int] | None:
-        """Where the *source* (context) slot sits: (encoded column, first token, n labels)."""
+    def location(self, name: str) -> tuple[int, int, int] | None:
+        """Where slot ``name`` sits: (first encoded column, first token, n labels), or None."""
         for index, (slot, offset) in enumerate(zip(self.slots, self.offsets)):
-            if slot.name == "source":
+            if slot.name == name:
                 return sum(self.widths[:index]), int(offset), len(slot.labels)
         return None
 

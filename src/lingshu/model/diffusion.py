@@ -76,7 +76,8 @@ def masked_loss_and_mask(
     inputs = torch.where(masked | ~observed, torch.full_like(tokens, MASK_TOKEN), tokens)
     # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
     permutation = model.permutation
-    logits = model.permuted_logits(model.encode(inputs, conditions), model.context_index(conditions)).float()
+    hidden = model.encode(inputs, conditions)
+    logits = model.permuted_logits(hidden, model.context_index(conditions), model.tilt(conditions)).float()
     nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
     weights = masked[:, permutation] / (t[:, None] * observed.sum(1, keepdim=True).clamp_min(1))
     return (nll.view(b, g) * weights).sum() / b, masked
@@ -163,6 +164,7 @@ def sample_tokens(
         tokens = torch.where(prefill >= 0, prefill.to(device), tokens)
     step_of = _reveal_step_of_each_position(tokens == MASK_TOKEN, n_steps, generator)
     use_guidance = guidance != 0 and control_conditions is not None
+    tilt = model.tilt(conditions)
     for step in range(n_steps):
         reveal = step_of == step
         if not reveal.any():
@@ -172,13 +174,18 @@ def sample_tokens(
             both = torch.cat([conditions, control_conditions])
             hidden = model.encode(torch.cat([tokens, tokens]), both)
             context = model.context_index(both)
+            # Guidance amplifies what the network adds for the condition; the fixed shift prior
+            # enters once, after it, instead of (w + 1) times.
             logits = guided_logits(
                 model.logits_at(hidden, cells, genes, context).float(),
                 model.logits_at(hidden, cells + n_cells, genes, context).float(),
                 guidance,
             )
+            if tilt is not None:
+                logits = logits + model.tilt_offsets(tilt[cells, genes], genes)
         else:
             context = model.context_index(conditions)
-            logits = model.logits_at(model.encode(tokens, conditions), cells, genes, context).float()
+            hidden = model.encode(tokens, conditions)
+            logits = model.logits_at(hidden, cells, genes, context, tilt).float()
         tokens[cells, genes] = sample_categorical(logits, generator)
     return tokens

@@ -16,6 +16,7 @@ from torch import nn
 
 from lingshu.config import ModelConfig
 from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, N_EXPRESSION_TOKENS
+from lingshu.model.tilt import tilt_offsets, token_values
 
 
 class RMSNorm(nn.Module):
@@ -117,6 +118,16 @@ class MaskPredictor(nn.Module):
             if self.uses_context_prior
             else None,
         )
+        # Per perturbation label and gene, the tilt theta of the shift prior (see ModelConfig),
+        # and per gene what it multiplies: each token's count where the training data show it.
+        self.register_buffer(
+            "perturbation_tilt",
+            torch.zeros(config.n_perturbation_labels, g) if self.uses_perturbation_prior else None,
+        )
+        self.register_buffer(
+            "tilt_table", torch.zeros(g, N_EXPRESSION_TOKENS) if self.uses_perturbation_prior else None
+        )
+        self.register_buffer("token_values", torch.from_numpy(token_values()).float(), persistent=False)
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -168,6 +179,33 @@ class MaskPredictor(nn.Module):
         local = (context_counts + shrinkage * overall) / (cells + shrinkage)
         offsets = torch.log(local.clamp_min(floor)) - torch.log(overall.clamp_min(floor))
         self.context_prior.copy_(offsets.to(self.context_prior.dtype))
+
+    @property
+    def uses_perturbation_prior(self) -> bool:
+        c = self.config
+        return c.perturbation_prior and c.n_perturbation_labels > 0 and c.perturbation_column >= 0
+
+    def tilt(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
+        """Each cell's summed tilt (B, G) over the parts of its perturbation, or None."""
+        if not self.uses_perturbation_prior or conditions is None:
+            return None
+        c = self.config
+        columns = conditions[:, c.perturbation_column : c.perturbation_column + c.perturbation_width]
+        valid = columns >= 0  # padding (-1) adds nothing
+        rows = (columns - c.perturbation_offset).clamp_min(0)
+        return (self.perturbation_tilt[rows] * valid[..., None]).sum(1)
+
+    @torch.no_grad()
+    def init_perturbation_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
+        """Set the shift prior's tilts (n_perturbation_labels, G) and what they multiply (G, 281)."""
+        if not self.uses_perturbation_prior:
+            raise ValueError("this model has no perturbation prior (no perturbation condition)")
+        self.perturbation_tilt.copy_(tilts.to(self.perturbation_tilt))
+        self.tilt_table.copy_(table.to(self.tilt_table))
+
+    def tilt_offsets(self, tilts: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+        """Logit offsets (..., 281) of tilts (...) of the given genes (same trailing shape)."""
+        return tilt_offsets(tilts[..., None], self.tilt_table[genes], self.token_values)
 
     def context_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's context (source label) row of the context prior, or None without one."""
@@ -244,10 +282,12 @@ class MaskPredictor(nn.Module):
         cells: torch.Tensor,
         genes: torch.Tensor,
         context: torch.Tensor | None = None,
+        tilt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Expression-token logits (M, 281) for the (cell, gene) pairs given as index vectors.
 
-        ``context`` (B,) holds each hidden row's context-prior row (:meth:`context_index`).
+        ``context`` (B,) holds each hidden row's context-prior row (:meth:`context_index`) and
+        ``tilt`` (B, G) its perturbation tilts (:meth:`tilt`).
 
         Decompression, the gene embedding and the head are linear, so the logits of gene g in
         slot s of group j are (head @ W_up_s) h_j + head @ gene_g: one small matmul per slot on
@@ -266,6 +306,8 @@ class MaskPredictor(nn.Module):
             offsets = offsets + self.token_prior[genes]
         if context is not None:
             offsets = offsets + self.context_prior[context[cells], genes].to(offsets.dtype)
+        if tilt is not None:
+            offsets = offsets + self.tilt_offsets(tilt[cells, genes], genes)
         if s == 1:
             return torch.addmm(offsets, states, head.T)
         per_slot = torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
@@ -278,7 +320,9 @@ class MaskPredictor(nn.Module):
         logits = torch.empty_like(sorted_logits).index_copy(0, order, sorted_logits)
         return logits
 
-    def permuted_logits(self, hidden: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def permuted_logits(
+        self, hidden: torch.Tensor, context: torch.Tensor | None = None, tilt: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits of every gene, (B, G, 281), in *permuted* gene order (gene ``permutation[i]``
         at position i), as a few large matmuls: the training path, where most positions count.
         """
@@ -304,6 +348,9 @@ class MaskPredictor(nn.Module):
             logits = logits.add_(
                 self.context_prior[context[:, None], self.permutation[None, :]].to(logits.dtype)
             )
+        if tilt is not None:
+            offsets = self.tilt_offsets(tilt[:, self.permutation], self.permutation)
+            logits = logits.add_(offsets.to(logits.dtype))
         return logits
 
     def forward(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
@@ -313,7 +360,8 @@ class MaskPredictor(nn.Module):
         hidden = self.encode(tokens, conditions)
         cells = torch.arange(b, device=tokens.device).repeat_interleave(g)
         genes = torch.arange(g, device=tokens.device).repeat(b)
-        return self.logits_at(hidden, cells, genes, self.context_index(conditions)).view(b, g, -1)
+        context, tilt = self.context_index(conditions), self.tilt(conditions)
+        return self.logits_at(hidden, cells, genes, context, tilt).view(b, g, -1)
 
     def block_parameter_count(self) -> int:
         """Parameters of the transformer blocks and final norm (the paper's ~85M for `paper`)."""

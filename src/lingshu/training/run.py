@@ -22,6 +22,7 @@ from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
 from lingshu.training.trainer import Trainer
 
 
@@ -70,24 +71,44 @@ def token_counts(
 
 
 def context_token_counts(
-    adata: ad.AnnData, alignment, conditions: ConditionMap, perturbation
+    adata: ad.AnnData, alignment, conditions: ConditionMap, cells: np.ndarray | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token counts per context (C, G, 281) and over those cells (G, 281) for the context prior.
-
-    A perturbation model measures each context on its *control* cells (all of them, before the
-    cap), so the context prior is the context's baseline and the network learns every
-    perturbation as a shift from it, the same in every context; a context's perturbation mix
-    (e.g. a cell type whose stimulated cells are held out) then does not leak into its prior.
-    """
-    obs = adata.obs
-    cells = None
-    if perturbation is not None:
-        cells = np.flatnonzero(obs[perturbation.key].astype(str).to_numpy() == perturbation.control_label)
-        obs = obs.iloc[cells]
-    column, first, n_contexts = conditions.context_location()
+    """Token counts per context (C, G, 281) and over those cells (G, 281) for the context prior."""
+    obs = adata.obs if cells is None else adata.obs.iloc[cells]
+    column, first, n_contexts = conditions.location("source")
     contexts = conditions.encode_obs(obs)[:, column] - first
     per_context = token_counts(AlignedCounts(adata, alignment, cells=cells), contexts, n_contexts).float()
     return per_context, per_context.sum(0)
+
+
+def init_priors(
+    model: MaskPredictor, adata: ad.AnnData, alignment, conditions: ConditionMap, data: AlignedCounts
+) -> None:
+    """Fill a new model's data-derived tables: token prior, context prior, perturbation tilts.
+
+    A perturbation model measures the token and context priors on its *control* cells (all of
+    them, before the cap): they are then each context's baseline, and every perturbation is a
+    shift from it, the same in every context (the tilts are calibrated against it), so a
+    context's perturbation mix (e.g. a cell type whose stimulated cells are held out) does not
+    leak into its baseline.
+    """
+    perturbation = conditions.slot("perturbation")
+    controls = None
+    if perturbation is not None:
+        labels = adata.obs[perturbation.key].astype(str).to_numpy()
+        controls = np.flatnonzero(labels == perturbation.control_label)
+    base = token_frequencies(data if controls is None else AlignedCounts(adata, alignment, cells=controls))
+    if model.config.token_prior:
+        model.init_token_prior(base)
+    if model.uses_context_prior:
+        model.init_context_prior(*context_token_counts(adata, alignment, conditions, controls))
+    if model.uses_perturbation_prior:
+        source = conditions.slot("source")
+        every_cell = AlignedCounts(adata, alignment)
+        folds = log_fold_changes(every_cell, adata.obs, perturbation, source.key if source else None)
+        table = tilt_table(token_counts(every_cell, np.zeros(adata.n_obs, dtype=np.int64), 1)[0].numpy())
+        tilts = calibrate_tilts(base.double().numpy(), folds, table)
+        model.init_perturbation_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
 
 
 def default_device() -> torch.device:
@@ -219,12 +240,13 @@ def _train(
         conditions = ConditionMap.from_obs(
             adata.obs, condition_keys or {}, control_label=control_label, perturbation_kind=perturbation_kind
         )
-        column, first, n_contexts = conditions.context_location() or (-1, 0, 0)
+        column, first, n_contexts = conditions.location("source") or (-1, 0, 0)
         if n_contexts * len(vocabulary) * N_EXPRESSION_TOKENS > MAX_CONTEXT_PRIOR_ENTRIES:
             print(
                 f"{n_contexts:,} contexts x {len(vocabulary):,} genes: too many for a context prior; left out"
             )
             column, n_contexts = -1, 0
+        perturbed_at, first_perturbation, n_perturbations = conditions.location("perturbation") or (-1, 0, 0)
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
@@ -234,6 +256,10 @@ def _train(
             context_column=column,
             context_offset=first,
             n_contexts=n_contexts,
+            perturbation_column=perturbed_at,
+            perturbation_width=conditions.slot("perturbation").width if n_perturbations else 0,
+            perturbation_offset=first_perturbation,
+            n_perturbation_labels=n_perturbations,
             **(model_overrides or {}),
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
@@ -270,10 +296,8 @@ def _train(
     obs = adata.obs if cells is None else adata.obs.iloc[cells]
     model = MaskPredictor(model_config)
     encoded = conditions.encode_obs(obs) if conditions.n_slots else None
-    if model_config.token_prior and not resume:
-        model.init_token_prior(token_frequencies(data))
-    if model.uses_context_prior and not resume:
-        model.init_context_prior(*context_token_counts(adata, alignment, conditions, perturbation))
+    if not resume:
+        init_priors(model, adata, alignment, conditions, data)
     trainer = Trainer(model, train_config, device)
     if resume:
         trainer.model.load_state_dict(previous.model_state)
