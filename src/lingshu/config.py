@@ -37,6 +37,8 @@ class ModelConfig:
     a combination add), so a model starts at the additive-shift answer and the network learns the
     rest; ``perturbation_column``/``perturbation_width``/``perturbation_offset``/
     ``n_perturbation_labels`` locate the perturbation slot (set from the data).
+    ``tilt_contexts`` > 1 keeps one tilt per context and perturbation (the context's own fold
+    change where the pair was seen in training, the pooled one of the other contexts where not).
     """
 
     n_genes: int = 0
@@ -61,6 +63,7 @@ class ModelConfig:
     perturbation_width: int = 0
     perturbation_offset: int = 0
     n_perturbation_labels: int = 0
+    tilt_contexts: int = 1
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0

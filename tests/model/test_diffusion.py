@@ -160,7 +160,7 @@ def test_guidance_amplifies_the_network_but_adds_the_shift_prior_once():
     with torch.no_grad():
         model.head.weight.zero_()
     model.init_perturbation_tilt(
-        torch.tensor([0.0, 1.0, -1.0])[:, None].expand(3, 30),
+        torch.tensor([0.0, 1.0, -1.0])[None, :, None].expand(1, 3, 30),
         torch.arange(281.0).clamp(max=5).expand(30, 281),
     )
     cond, ctrl = torch.tensor([[1], [2]]), torch.tensor([[0], [0]])

@@ -28,19 +28,29 @@ def test_a_tilt_moves_the_mean_count_by_the_wanted_fold(fold):
 
 def test_fold_changes_are_measured_against_the_same_contexts_controls():
     adata = make_perturbation_adata(n_per_group=60)
+    # ctxB never sees KO2 alone: its KO2 row must fall back to ctxA's fold change.
+    adata = adata[
+        ~((adata.obs["cell_line"] == "ctxB") & (adata.obs["perturbation"] == "KO2")).to_numpy()
+    ].copy()
     conditions = ConditionMap.from_obs(
         adata.obs, {"source": "cell_line", "perturbation": "perturbation"}, control_label="control"
     )
     slot = conditions.slot("perturbation")
     vocabulary = GeneVocabulary.from_adata(adata)
-    folds = log_fold_changes(AlignedCounts(adata, vocabulary.align(adata)), adata.obs, slot, "cell_line")
-    ko1, genes = slot.labels.index("KO1"), vocabulary.genes
+    data = AlignedCounts(adata, vocabulary.align(adata))
+    folds = log_fold_changes(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"])
+    pooled = log_fold_changes(data, adata.obs, slot, "cell_line")
+    assert folds.shape == (2, 3, len(vocabulary)) and pooled.shape == (1, 3, len(vocabulary))
+    ko1, ko2, genes = slot.labels.index("KO1"), slot.labels.index("KO2"), vocabulary.genes
     # KO1 silences KO1, DOWN1_a, DOWN1_b (mean 12 -> 0.05): log(0.15 / 12.1) = -4.4
     for gene in ("KO1", "DOWN1_a", "DOWN1_b"):
-        assert folds[ko1, genes.index(gene)] < -3.5
+        assert (folds[:, ko1, genes.index(gene)] < -3.5).all()
     untouched = [genes.index(g) for g in genes if g.startswith("GENE")]
-    assert np.abs(folds[ko1, untouched]).mean() < 0.3
-    assert not folds[slot.labels.index("control")].any()
+    assert np.abs(folds[:, ko1, untouched]).mean() < 0.3
+    # Each context's own fold changes differ by sampling noise; the fallback is ctxA's exactly.
+    assert not np.allclose(folds[0, ko1], folds[1, ko1])
+    np.testing.assert_allclose(folds[1, ko2], folds[0, ko2])
+    assert not folds[:, slot.labels.index("control")].any()
 
 
 def test_an_untrained_model_predicts_an_unseen_double_from_its_singles(tmp_path):

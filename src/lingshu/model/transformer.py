@@ -122,7 +122,9 @@ class MaskPredictor(nn.Module):
         # and per gene what it multiplies: each token's count where the training data show it.
         self.register_buffer(
             "perturbation_tilt",
-            torch.zeros(config.n_perturbation_labels, g) if self.uses_perturbation_prior else None,
+            torch.zeros(config.tilt_contexts, config.n_perturbation_labels, g)
+            if self.uses_perturbation_prior
+            else None,
         )
         self.register_buffer(
             "tilt_table", torch.zeros(g, N_EXPRESSION_TOKENS) if self.uses_perturbation_prior else None
@@ -193,11 +195,15 @@ class MaskPredictor(nn.Module):
         columns = conditions[:, c.perturbation_column : c.perturbation_column + c.perturbation_width]
         valid = columns >= 0  # padding (-1) adds nothing
         rows = (columns - c.perturbation_offset).clamp_min(0)
-        return (self.perturbation_tilt[rows] * valid[..., None]).sum(1)
+        context = torch.zeros_like(rows)
+        if c.tilt_contexts > 1:
+            context = (conditions[:, c.context_column] - c.context_offset)[:, None].expand_as(rows)
+        return (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
 
     @torch.no_grad()
     def init_perturbation_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
-        """Set the shift prior's tilts (n_perturbation_labels, G) and what they multiply (G, 281)."""
+        """Set the shift prior's tilts (tilt_contexts, n_perturbation_labels, G) and what they
+        multiply (G, 281)."""
         if not self.uses_perturbation_prior:
             raise ValueError("this model has no perturbation prior (no perturbation condition)")
         self.perturbation_tilt.copy_(tilts.to(self.perturbation_tilt))

@@ -6,9 +6,10 @@ scale, weighted by cells). The model applies it as an exponential tilt of the to
 ``logit[k] += theta_g * count_k`` (the natural parameter of a Poisson or negative binomial: a
 Poisson(mu) tilted so becomes Poisson(mu * e^theta)), with theta calibrated so that the tilted
 control distribution has the fold-changed mean. A raising tilt (theta > 0) only lifts counts the
-training data show for the gene: an empirical distribution gives unseen counts a tiny floor, and
-lifting those would move the mass onto counts no cell ever had. A lowering tilt acts on every
-count, so the mass always moves towards zero (even where the controls never showed a zero).
+control cells show for the gene: an empirical distribution gives unseen counts a tiny floor, and
+a linear tilt of that floor jumps from nothing to all the mass (knife-edge), so a large raise
+saturates at the controls' highest counts and the network learns the rest. A lowering tilt acts
+on every count, so the mass always moves towards zero (even where controls never showed a zero).
 Tilts of the parts of a combination add up, so an unseen
 double A+B starts from the product of its singles' fold changes: the additive-shift answer, on
 top of which the network learns what the data say beyond it.
@@ -29,8 +30,8 @@ MAX_TILT = 30.0
 
 
 def tilt_table(token_counts: np.ndarray) -> np.ndarray:
-    """What a raising tilt multiplies (G, 281): each token's decoded count where the training
-    data show that token for the gene (``token_counts`` > 0), else 0 (left untilted)."""
+    """What a raising tilt multiplies (G, 281): each token's decoded count where the control
+    cells show that token for the gene (``token_counts`` > 0), else 0 (left untilted)."""
     return np.where(np.asarray(token_counts) > 0, token_values()[None, :], 0.0)
 
 
@@ -47,33 +48,45 @@ def group_means(data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_si
 
 
 def log_fold_changes(
-    data: AlignedCounts, obs: pd.DataFrame, slot: ConditionSlot, context_key: str | None
+    data: AlignedCounts,
+    obs: pd.DataFrame,
+    slot: ConditionSlot,
+    context_key: str | None,
+    contexts: list[str] | None = None,
 ) -> np.ndarray:
-    """Mean log fold change (n_labels, G) of each single-part label of ``slot`` against control.
+    """Log fold changes (C, n_labels, G) of each single-part label of ``slot`` against control.
 
     Per context with both the perturbation and controls: log((mean_p + c) / (mean_ctrl + c)),
-    c = :data:`PSEUDO_COUNT`; averaged over contexts weighted by perturbed cells. Labels never
-    seen alone (only inside combinations) and the control label get 0.
+    c = :data:`PSEUDO_COUNT`. With ``contexts`` (the source labels, C of them) row c holds the
+    context's own fold change where the pair was seen, else the pooled one (mean over the
+    contexts that saw the label, weighted by perturbed cells); without, one pooled row (C = 1).
+    Labels never seen alone (only inside combinations) and the control label get 0.
     """
     labels = obs[slot.key].astype(str).to_numpy()
-    contexts = obs[context_key].astype(str).to_numpy() if context_key else np.zeros(len(obs), dtype=str)
-    pairs = pd.Index(sorted(set(zip(contexts, labels))))
+    cell_contexts = obs[context_key].astype(str).to_numpy() if context_key else np.zeros(len(obs), dtype=str)
+    pairs = pd.Index(sorted(set(zip(cell_contexts, labels))))
     lookup = {pair: i for i, pair in enumerate(pairs)}
-    groups = np.array([lookup[(c, lab)] for c, lab in zip(contexts, labels)])
+    groups = np.array([lookup[(c, lab)] for c, lab in zip(cell_contexts, labels)])
     means = group_means(data, groups, len(pairs))
     sizes = np.bincount(groups, minlength=len(pairs))
-    weighted = np.zeros((len(slot.labels), means.shape[1]))
+    n_genes = means.shape[1]
+    own: dict[tuple[str, int], np.ndarray] = {}
+    pooled = np.zeros((len(slot.labels), n_genes))
     weights = np.zeros(len(slot.labels))
     for (context, label), index in lookup.items():
         control = lookup.get((context, slot.control_label))
         if label == slot.control_label or control is None or label not in slot.labels:
             continue
         row = slot.labels.index(label)
-        fold = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
-        weighted[row] += sizes[index] * fold
+        own[(context, row)] = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
+        pooled[row] += sizes[index] * own[(context, row)]
         weights[row] += sizes[index]
-    result = weighted / np.maximum(weights, 1)[:, None]
-    result[:, ~data.observed] = 0.0
+    pooled /= np.maximum(weights, 1)[:, None]
+    result = np.repeat(pooled[None], len(contexts) if contexts else 1, axis=0)
+    for (context, row), fold in own.items():
+        if contexts and context in contexts:
+            result[contexts.index(context), row] = fold
+    result[..., ~data.observed] = 0.0
     return result
 
 

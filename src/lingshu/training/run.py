@@ -41,6 +41,8 @@ def data_fingerprint(adata: ad.AnnData) -> str:
 # The context prior is a dense (contexts, genes, 281) table; above this many entries (~26
 # contexts of 18k genes, 256 MB in half precision) it is left out rather than eat the memory.
 MAX_CONTEXT_PRIOR_ENTRIES = 2**27
+# Per-context perturbation tilts (contexts x perturbations x genes, float32) up to ~256 MB.
+MAX_TILT_ENTRIES = 2**26
 
 
 def token_frequencies(data: AlignedCounts, chunk_size: int = 1024) -> torch.Tensor:
@@ -105,9 +107,21 @@ def init_priors(
     if model.uses_perturbation_prior:
         source = conditions.slot("source")
         every_cell = AlignedCounts(adata, alignment)
-        folds = log_fold_changes(every_cell, adata.obs, perturbation, source.key if source else None)
-        table = tilt_table(token_counts(every_cell, np.zeros(adata.n_obs, dtype=np.int64), 1)[0].numpy())
-        tilts = calibrate_tilts(base.double().numpy(), folds, table)
+        per_context = model.config.tilt_contexts > 1
+        folds = log_fold_changes(
+            every_cell,
+            adata.obs,
+            perturbation,
+            source.key if source else None,
+            source.labels if per_context else None,
+        )
+        table = tilt_table(base.numpy())  # raising tilts stay within the counts controls show
+        # Each context's tilts are calibrated against the base the model starts from there.
+        bases = [base.double()] * len(folds)
+        if per_context and model.uses_context_prior:
+            log_base = torch.log(base.double().clamp_min(1e-9))
+            bases = [torch.softmax(log_base + model.context_prior[c].double(), -1) for c in range(len(folds))]
+        tilts = np.stack([calibrate_tilts(b.numpy(), f, table) for b, f in zip(bases, folds)])
         model.init_perturbation_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
 
 
@@ -241,12 +255,17 @@ def _train(
             adata.obs, condition_keys or {}, control_label=control_label, perturbation_kind=perturbation_kind
         )
         column, first, n_contexts = conditions.location("source") or (-1, 0, 0)
+        overrides = dict(model_overrides or {})
         if n_contexts * len(vocabulary) * N_EXPRESSION_TOKENS > MAX_CONTEXT_PRIOR_ENTRIES:
             print(
                 f"{n_contexts:,} contexts x {len(vocabulary):,} genes: too many for a context prior; left out"
             )
-            column, n_contexts = -1, 0
+            overrides["context_prior"] = False
         perturbed_at, first_perturbation, n_perturbations = conditions.location("perturbation") or (-1, 0, 0)
+        # One tilt per context and perturbation where that table stays small, else pooled ones.
+        per_context_tilts = (
+            n_contexts > 1 and n_contexts * n_perturbations * len(vocabulary) <= MAX_TILT_ENTRIES
+        )
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
@@ -260,7 +279,8 @@ def _train(
             perturbation_width=conditions.slot("perturbation").width if n_perturbations else 0,
             perturbation_offset=first_perturbation,
             n_perturbation_labels=n_perturbations,
-            **(model_overrides or {}),
+            tilt_contexts=n_contexts if per_context_tilts else 1,
+            **overrides,
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
     distributed.check_batch_size(train_config.batch_size, distributed.world_size())
