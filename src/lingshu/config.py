@@ -68,6 +68,23 @@ class ModelConfig:
     norm_eps: float = 1e-6
     permutation_seed: int = 0
 
+    @property
+    def has_context_prior(self) -> bool:
+        return self.context_prior and self.n_contexts > 0 and self.context_column >= 0
+
+    @property
+    def has_perturbation_prior(self) -> bool:
+        return self.perturbation_prior and self.n_perturbation_labels > 0 and self.perturbation_column >= 0
+
+    def priors(self) -> str:
+        """The data-derived tables this model adds to its logits, in words (for provenance)."""
+        parts = ["token prior"] if self.token_prior else []
+        if self.has_context_prior:
+            parts.append("context prior")
+        if self.has_perturbation_prior:
+            parts.append(f"shift prior ({'per context' if self.tilt_contexts > 1 else 'pooled'})")
+        return ", ".join(parts) or "none"
+
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")

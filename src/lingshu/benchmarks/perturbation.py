@@ -225,6 +225,8 @@ def model_settings(provenance: dict) -> str:
         text += f" ({min(prior_sizes)}-{max(prior_sizes)} genes pre-filled per condition)"
     if substituted:
         text += f"; no token for {', '.join(substituted)}: sampled under the control token, prior only"
+    if provenance.get("model_priors"):
+        text += f"; model tables: {provenance['model_priors']}"
     return text
 
 

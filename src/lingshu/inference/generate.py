@@ -85,6 +85,7 @@ def provenance(checkpoint: str | Path | Checkpoint, source: Checkpoint, **settin
         "checkpoint": str(checkpoint) if not isinstance(checkpoint, Checkpoint) else "",
         "checkpoint_step": source.step,
         "data_fingerprint": source.data_fingerprint,
+        "model_priors": source.model_config.priors(),
         "decoding": DECODING_RULE,
         **settings,
     }

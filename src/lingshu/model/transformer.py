@@ -160,8 +160,7 @@ class MaskPredictor(nn.Module):
 
     @property
     def uses_context_prior(self) -> bool:
-        c = self.config
-        return c.context_prior and c.n_contexts > 0 and c.context_column >= 0
+        return self.config.has_context_prior
 
     @torch.no_grad()
     def init_context_prior(
@@ -184,8 +183,7 @@ class MaskPredictor(nn.Module):
 
     @property
     def uses_perturbation_prior(self) -> bool:
-        c = self.config
-        return c.perturbation_prior and c.n_perturbation_labels > 0 and c.perturbation_column >= 0
+        return self.config.has_perturbation_prior
 
     def tilt(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's summed tilt (B, G) over the parts of its perturbation, or None."""
