@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from lingshu.data.conditions import ConditionMap
@@ -10,6 +11,7 @@ from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, decode_tokens
 from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.inference.predict import Request, predict
 from lingshu.model.tilt import tilt_offsets, token_values
+from lingshu.training.checkpoint import load_checkpoint
 from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
 from lingshu.training.run import train
 from tests.conftest import make_perturbation_adata
@@ -80,3 +82,23 @@ def test_an_untrained_model_predicts_an_unseen_double_from_its_singles(tmp_path)
     for gene in ("DOWN1_a", "DOWN1_b", "DOWN2_a", "DOWN2_b"):
         column = list(cells.var_names).index(gene)
         assert counts[double, column].mean() < 1.0 < 6.0 < counts[~double, column].mean(), gene
+
+
+def test_a_perturbation_models_token_prior_stays_the_control_baseline(tmp_path):
+    """Trained, the token prior would drift towards the perturbed cells' average and the shift
+    prior would then count that shift twice; it is frozen, while the network trains."""
+    adata = make_perturbation_adata()
+    states = []
+    for steps in (1, 3):
+        train(
+            adata,
+            tmp_path / f"ckpt{steps}",
+            preset="tiny",
+            train_overrides={"max_steps": steps, "batch_size": 8},
+            progress=False,
+            condition_keys={"source": "cell_line", "perturbation": "perturbation"},
+            control_label="control",
+        )
+        states.append(load_checkpoint(tmp_path / f"ckpt{steps}").model_state)
+    assert torch.equal(states[0]["token_prior"], states[1]["token_prior"])
+    assert not torch.equal(states[0]["head.weight"], states[1]["head.weight"])

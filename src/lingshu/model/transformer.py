@@ -110,6 +110,11 @@ class MaskPredictor(nn.Module):
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
         self.token_prior = nn.Parameter(torch.zeros(g, N_EXPRESSION_TOKENS)) if config.token_prior else None
+        if self.token_prior is not None and config.has_perturbation_prior:
+            # Here the token prior is the control baseline the shift prior is calibrated against;
+            # trained, it would drift towards the (mostly perturbed) training cells' average and
+            # count that average shift twice for every perturbation.
+            self.token_prior.requires_grad_(False)
         # Fixed per-context log-frequency offsets (a buffer: no gradient, no optimizer state);
         # half precision halves the checkpoint, and offsets are small numbers.
         self.register_buffer(
