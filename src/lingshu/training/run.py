@@ -18,7 +18,7 @@ from lingshu.data.loader import AlignedCounts
 from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
 from lingshu.data.validation import iter_row_chunks
-from lingshu.data.vocabulary import GeneVocabulary
+from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -73,7 +73,7 @@ def token_counts(
 
 
 def context_token_counts(
-    adata: ad.AnnData, alignment, conditions: ConditionMap, cells: np.ndarray | None
+    adata: ad.AnnData, alignment: GeneAlignment, conditions: ConditionMap, cells: np.ndarray | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token counts per context (C, G, 281) and over those cells (G, 281) for the context prior."""
     obs = adata.obs if cells is None else adata.obs.iloc[cells]
@@ -84,7 +84,11 @@ def context_token_counts(
 
 
 def init_priors(
-    model: MaskPredictor, adata: ad.AnnData, alignment, conditions: ConditionMap, data: AlignedCounts
+    model: MaskPredictor,
+    adata: ad.AnnData,
+    alignment: GeneAlignment,
+    conditions: ConditionMap,
+    data: AlignedCounts,
 ) -> None:
     """Fill a new model's data-derived tables: token prior, context prior, perturbation tilts.
 
