@@ -17,7 +17,7 @@ from lingshu.model.diffusion import (
 from lingshu.model.transformer import MaskPredictor
 
 
-def _model(n_genes=30, n_condition_tokens=0, patch_size=4) -> MaskPredictor:
+def _model(n_genes=30, n_condition_tokens=0, patch_size=4, **config) -> MaskPredictor:
     torch.manual_seed(0)
     return MaskPredictor(
         ModelConfig(
@@ -28,6 +28,7 @@ def _model(n_genes=30, n_condition_tokens=0, patch_size=4) -> MaskPredictor:
             n_heads=4,
             d_ff=64,
             patch_size=patch_size,
+            **config,
         )
     ).eval()
 
@@ -142,21 +143,13 @@ def test_categorical_sampler_matches_the_softmax_frequencies():
 def test_guidance_amplifies_the_network_but_adds_the_shift_prior_once():
     """With the network's output zeroed, conditional and control logits differ only by the
     perturbation tilt; guidance must then change nothing (w = 2 samples = w = 0 samples)."""
-    torch.manual_seed(0)
-    config = ModelConfig(
-        n_genes=30,
+    model = _model(
         n_condition_tokens=3,
         n_condition_slots=1,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        d_ff=64,
-        patch_size=4,
         perturbation_column=0,
         perturbation_width=1,
         n_perturbation_labels=3,
     )
-    model = MaskPredictor(config).eval()
     with torch.no_grad():
         model.head.weight.zero_()
     model.init_perturbation_tilt(

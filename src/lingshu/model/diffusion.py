@@ -164,16 +164,17 @@ def sample_tokens(
         tokens = torch.where(prefill >= 0, prefill.to(device), tokens)
     step_of = _reveal_step_of_each_position(tokens == MASK_TOKEN, n_steps, generator)
     use_guidance = guidance != 0 and control_conditions is not None
+    # Conditions, context rows and tilts are the same at every step: computed once.
     tilt = model.tilt(conditions)
+    run_under = torch.cat([conditions, control_conditions]) if use_guidance else conditions
+    context = model.context_index(run_under)
     for step in range(n_steps):
         reveal = step_of == step
         if not reveal.any():
             continue
         cells, genes = reveal.nonzero(as_tuple=True)
         if use_guidance:
-            both = torch.cat([conditions, control_conditions])
-            hidden = model.encode(torch.cat([tokens, tokens]), both)
-            context = model.context_index(both)
+            hidden = model.encode(torch.cat([tokens, tokens]), run_under)
             # Guidance amplifies what the network adds for the condition; the fixed shift prior
             # enters once, after it, instead of (w + 1) times.
             logits = guided_logits(
@@ -184,8 +185,7 @@ def sample_tokens(
             if tilt is not None:
                 logits = logits + model.tilt_offsets(tilt[cells, genes], genes)
         else:
-            context = model.context_index(conditions)
-            hidden = model.encode(tokens, conditions)
+            hidden = model.encode(tokens, run_under)
             logits = model.logits_at(hidden, cells, genes, context, tilt).float()
         tokens[cells, genes] = sample_categorical(logits, generator)
     return tokens

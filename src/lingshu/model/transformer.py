@@ -200,7 +200,7 @@ class MaskPredictor(nn.Module):
         rows = (columns - c.perturbation_offset).clamp_min(0)
         context = torch.zeros_like(rows)
         if c.tilt_contexts > 1:
-            context = (conditions[:, c.context_column] - c.context_offset)[:, None].expand_as(rows)
+            context = self._source_index(conditions)[:, None].expand_as(rows)
         return (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
 
     @torch.no_grad()
@@ -220,6 +220,10 @@ class MaskPredictor(nn.Module):
         """Each cell's context (source label) row of the context prior, or None without one."""
         if not self.uses_context_prior or conditions is None:
             return None
+        return self._source_index(conditions)
+
+    def _source_index(self, conditions: torch.Tensor) -> torch.Tensor:
+        """Each cell's source (context) label index, 0..n_contexts-1."""
         return conditions[:, self.config.context_column] - self.config.context_offset
 
     def _slot_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
