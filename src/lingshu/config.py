@@ -39,6 +39,12 @@ class ModelConfig:
     ``n_perturbation_labels`` locate the perturbation slot (set from the data).
     ``tilt_contexts`` > 1 keeps one tilt per context and perturbation (the context's own fold
     change where the pair was seen in training, the pooled one of the other contexts where not).
+    ``depth_bins`` > 0 adds a *depth* condition: each training cell's library-size quantile bin
+    within its context, a condition token the network sees, plus a depth tilt per context, bin
+    and gene calibrated like the shift prior so that the context's token distribution gets the
+    bin's mean depth. Within a cell type, depth is the dominant structure (a deep cell detects
+    more of every gene); generation draws the bin with the context in training proportions.
+    ``depth_column``/``depth_offset``/``depth_contexts`` locate the depth slot (set from the data).
     """
 
     n_genes: int = 0
@@ -64,6 +70,10 @@ class ModelConfig:
     perturbation_offset: int = 0
     n_perturbation_labels: int = 0
     tilt_contexts: int = 1
+    depth_bins: int = 0
+    depth_column: int = -1
+    depth_offset: int = 0
+    depth_contexts: int = 1
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0
@@ -76,6 +86,15 @@ class ModelConfig:
     def has_perturbation_prior(self) -> bool:
         return self.perturbation_prior and self.n_perturbation_labels > 0 and self.perturbation_column >= 0
 
+    @property
+    def has_depth_prior(self) -> bool:
+        return self.depth_bins > 0 and self.depth_column >= 0
+
+    @property
+    def has_tilts(self) -> bool:
+        """Whether logits get exponential tilts (shift prior, depth prior or both)."""
+        return self.has_perturbation_prior or self.has_depth_prior
+
     def priors(self) -> str:
         """The data-derived tables this model adds to its logits, in words (for provenance)."""
         parts = ["token prior"] if self.token_prior else []
@@ -83,6 +102,8 @@ class ModelConfig:
             parts.append("context prior")
         if self.has_perturbation_prior:
             parts.append(f"shift prior ({'per context' if self.tilt_contexts > 1 else 'pooled'})")
+        if self.has_depth_prior:
+            parts.append(f"depth prior ({self.depth_bins} bins)")
         return ", ".join(parts) or "none"
 
     def __post_init__(self) -> None:

@@ -35,14 +35,22 @@ def test_checkpoint_is_self_describing(tmp_path, counts_adata):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dirs left
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, counts_adata):
-    straight = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"condition_keys": {"source": "cell_type"}, "depth_bins": 3}],
+    ids=["unconditional", "cell-type-and-depth"],
+)
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, counts_adata, options):
+    straight = train(
+        counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False, **options
+    )
     train(
         counts_adata,
         tmp_path / "b",
         preset="tiny",
         train_overrides={**TINY, "max_steps": 3},
         progress=False,
+        **options,
     )
     resumed = train(
         counts_adata,
@@ -51,6 +59,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, counts_adata)
         train_overrides={"max_steps": 6},
         resume=True,
         progress=False,
+        **options,
     )
     assert resumed.step == straight.step == 6
     assert _states_equal(resumed.model_state, straight.model_state)

@@ -117,6 +117,9 @@ def generation(
         help="obs column the model is conditioned on (cells generated in its training proportions); "
         "'none' for an unconditional model.",
     ),
+    depth_bins: int = typer.Option(
+        0, "--depth-bins", help="Train with N library-size bins per label (see `lingshu train`)."
+    ),
 ) -> None:
     """Train, generate and evaluate against held-out cells, the real ceiling and the baselines."""
     from lingshu.benchmarks.generation import run_generation_benchmark
@@ -133,6 +136,7 @@ def generation(
         checkpoint=checkpoint,
         seed=seed,
         condition_key=None if condition_key.lower() == "none" else condition_key,
+        depth_bins=depth_bins,
     )
     typer.echo(table.to_string())
     typer.echo(f"report: {out / 'report' / 'report.md'}")

@@ -97,6 +97,13 @@ def train(
         "--perturbation-kind",
         help="genetic or cytokine: sets the default guidance (2 or 3) and whether the prior is used.",
     ),
+    depth_bins: int = typer.Option(
+        0,
+        "--depth-bins",
+        help="Add a depth condition: each cell's library-size quantile bin (of N) within its "
+        "source label, with a depth prior; generation draws bins in training proportions "
+        "(0 = none; not with --perturbation-key).",
+    ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
     backed: bool = typer.Option(
@@ -154,6 +161,7 @@ def train(
         control_label=control_label,
         perturbation_kind=perturbation_kind,
         devices=devices,
+        depth_bins=depth_bins,
     )
     last = result.log[-1] if result.log else {}
     if not main_process:

@@ -13,12 +13,15 @@ from tqdm.auto import tqdm
 
 import lingshu
 from lingshu.data.conditions import ConditionMap
+from lingshu.data.depth import DEPTH_SLOT
 from lingshu.data.tokenizer import decode_tokens
 from lingshu.model.diffusion import sample_tokens
 from lingshu.model.transformer import MaskPredictor
 from lingshu.runtime import keep_freed_memory
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
 
+# Condition slots that generation draws in training proportions when they are not asked for.
+DRAWN_SLOTS = (DEPTH_SLOT,)
 DECODING_RULE = "exact below 100; bin midpoint (lower edge + width // 2) above; overflow -> 10000"
 
 
@@ -158,11 +161,26 @@ def condition_labels(
             raise ValueError("this model was trained without conditions; drop --condition")
         return pd.DataFrame(index=range(n_cells))
     keys = [slot.key for slot in condition_map.slots]
-    if requested:
-        row = condition_map.resolve(requested)
-        condition_map.encode_labels(row)  # unknown labels fail here, before any generation
-        return pd.DataFrame([row] * n_cells, columns=keys)
+    combinations = pd.DataFrame(condition_map.combinations, columns=keys)
     weights = np.asarray(condition_map.combination_counts, dtype=float)
     rng = np.random.default_rng([seed, 0xC0DE])
-    picks = rng.choice(len(weights), size=n_cells, p=weights / weights.sum())
-    return pd.DataFrame([condition_map.combinations[i] for i in picks], columns=keys)
+    if not requested:
+        picks = rng.choice(len(weights), size=n_cells, p=weights / weights.sum())
+        return combinations.iloc[picks].reset_index(drop=True)
+    # Slots such as the depth bin are drawn, with the requested labels, in training proportions.
+    drawn = [
+        slot.key
+        for slot in condition_map.slots
+        if slot.name in DRAWN_SLOTS and not {slot.key, slot.name} & set(requested)
+    ]
+    row = condition_map.resolve({**requested, **dict.fromkeys(drawn, "")})
+    labels = pd.DataFrame([row] * n_cells, columns=keys)
+    if drawn:
+        fixed = [key for key in keys if key not in drawn]
+        matches = (combinations[fixed] == labels.loc[0, fixed]).all(axis=1).to_numpy()
+        if not matches.any():  # a combination never seen in training: the drawn slots' marginals
+            matches[:] = True
+        picks = rng.choice(np.flatnonzero(matches), size=n_cells, p=weights[matches] / weights[matches].sum())
+        labels[drawn] = combinations.loc[picks, drawn].to_numpy()
+    condition_map.encode_labels(labels.iloc[0].tolist())  # unknown labels fail here, before any generation
+    return labels

@@ -131,9 +131,12 @@ class MaskPredictor(nn.Module):
             if self.uses_perturbation_prior
             else None,
         )
+        # Per context, depth bin and gene, the depth prior's tilt theta (see ModelConfig).
         self.register_buffer(
-            "tilt_table", torch.zeros(g, N_EXPRESSION_TOKENS) if self.uses_perturbation_prior else None
+            "depth_tilt",
+            torch.zeros(config.depth_contexts, config.depth_bins, g) if config.has_depth_prior else None,
         )
+        self.register_buffer("tilt_table", torch.zeros(g, N_EXPRESSION_TOKENS) if config.has_tilts else None)
         self.register_buffer("token_values", torch.from_numpy(token_values()).float(), persistent=False)
         self.gradient_checkpointing = False
         self._init_weights()
@@ -191,17 +194,24 @@ class MaskPredictor(nn.Module):
         return self.config.has_perturbation_prior
 
     def tilt(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
-        """Each cell's summed tilt (B, G) over the parts of its perturbation, or None."""
-        if not self.uses_perturbation_prior or conditions is None:
-            return None
+        """Each cell's summed tilt (B, G): the parts of its perturbation plus its depth bin, or None."""
         c = self.config
-        columns = conditions[:, c.perturbation_column : c.perturbation_column + c.perturbation_width]
-        valid = columns >= 0  # padding (-1) adds nothing
-        rows = (columns - c.perturbation_offset).clamp_min(0)
-        context = torch.zeros_like(rows)
-        if c.tilt_contexts > 1:
-            context = self._source_index(conditions)[:, None].expand_as(rows)
-        return (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
+        if not c.has_tilts or conditions is None:
+            return None
+        total = torch.zeros(len(conditions), c.n_genes, device=conditions.device)
+        if c.has_perturbation_prior:
+            columns = conditions[:, c.perturbation_column : c.perturbation_column + c.perturbation_width]
+            valid = columns >= 0  # padding (-1) adds nothing
+            rows = (columns - c.perturbation_offset).clamp_min(0)
+            context = torch.zeros_like(rows)
+            if c.tilt_contexts > 1:
+                context = self._source_index(conditions)[:, None].expand_as(rows)
+            total = total + (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
+        if c.has_depth_prior:
+            bins = conditions[:, c.depth_column] - c.depth_offset
+            context = self._source_index(conditions) if c.depth_contexts > 1 else torch.zeros_like(bins)
+            total = total + self.depth_tilt[context, bins]
+        return total
 
     @torch.no_grad()
     def init_perturbation_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
@@ -210,6 +220,15 @@ class MaskPredictor(nn.Module):
         if not self.uses_perturbation_prior:
             raise ValueError("this model has no perturbation prior (no perturbation condition)")
         self.perturbation_tilt.copy_(tilts.to(self.perturbation_tilt))
+        self.tilt_table.copy_(table.to(self.tilt_table))
+
+    @torch.no_grad()
+    def init_depth_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
+        """Set the depth prior's tilts (depth_contexts, depth_bins, G) and what a raising tilt
+        multiplies (G, 281; shared with the shift prior when the model has both)."""
+        if not self.config.has_depth_prior:
+            raise ValueError("this model has no depth prior (trained without depth bins)")
+        self.depth_tilt.copy_(tilts.to(self.depth_tilt))
         self.tilt_table.copy_(table.to(self.tilt_table))
 
     def tilt_offsets(self, tilts: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:

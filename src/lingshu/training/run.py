@@ -9,11 +9,13 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from lingshu.config import ModelConfig, TrainConfig, get_preset
 from lingshu.data.conditions import ConditionMap, cap_controls
+from lingshu.data.depth import DEPTH_KEY, DEPTH_SLOT, library_sizes, with_depth_column
 from lingshu.data.loader import AlignedCounts
 from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
@@ -22,6 +24,7 @@ from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lingshu.training.depth_shift import calibrate_depth_tilts, depth_log_folds
 from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
 from lingshu.training.trainer import Trainer
 
@@ -73,14 +76,30 @@ def token_counts(
 
 
 def context_token_counts(
-    adata: ad.AnnData, alignment: GeneAlignment, conditions: ConditionMap, cells: np.ndarray | None
+    adata: ad.AnnData,
+    alignment: GeneAlignment,
+    conditions: ConditionMap,
+    cells: np.ndarray | None,
+    obs: pd.DataFrame | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token counts per context (C, G, 281) and over those cells (G, 281) for the context prior."""
-    obs = adata.obs if cells is None else adata.obs.iloc[cells]
+    """Token counts per context (C, G, 281) and over those cells (G, 281) for the context prior.
+
+    ``obs`` replaces ``adata.obs`` (all cells) where the conditions use derived columns (depth).
+    """
+    obs = adata.obs if obs is None else obs
+    obs = obs if cells is None else obs.iloc[cells]
     column, first, n_contexts = conditions.location("source")
     contexts = conditions.encode_obs(obs)[:, column] - first
     per_context = token_counts(AlignedCounts(adata, alignment, cells=cells), contexts, n_contexts).float()
     return per_context, per_context.sum(0)
+
+
+def context_bases(model: MaskPredictor, base: torch.Tensor, n_contexts: int) -> list[np.ndarray]:
+    """Each context's starting token distribution (G, 281): the base, times its context prior."""
+    if n_contexts == 1 or not model.uses_context_prior:
+        return [base.double().numpy()] * n_contexts
+    log_base = torch.log(base.double().clamp_min(1e-9))
+    return [torch.softmax(log_base + model.context_prior[c].double(), -1).numpy() for c in range(n_contexts)]
 
 
 def init_priors(
@@ -89,8 +108,10 @@ def init_priors(
     alignment: GeneAlignment,
     conditions: ConditionMap,
     data: AlignedCounts,
+    obs: pd.DataFrame | None = None,
 ) -> None:
-    """Fill a new model's data-derived tables: token prior, context prior, perturbation tilts.
+    """Fill a new model's data-derived tables: token prior, context prior, perturbation and
+    depth tilts. ``obs`` (all cells of ``adata``) carries derived condition columns (depth).
 
     A perturbation model measures the token and context priors on its *control* cells (all of
     them, before the cap): they are then each context's baseline, and every perturbation is a
@@ -107,7 +128,7 @@ def init_priors(
     if model.config.token_prior:
         model.init_token_prior(base)
     if model.uses_context_prior:
-        model.init_context_prior(*context_token_counts(adata, alignment, conditions, controls))
+        model.init_context_prior(*context_token_counts(adata, alignment, conditions, controls, obs))
     if model.uses_perturbation_prior:
         source = conditions.slot("source")
         every_cell = AlignedCounts(adata, alignment)
@@ -121,12 +142,50 @@ def init_priors(
         )
         table = tilt_table(base.numpy())  # raising tilts stay within the counts controls show
         # Each context's tilts are calibrated against the base the model starts from there.
-        bases = [base.double()] * len(folds)
-        if per_context and model.uses_context_prior:
-            log_base = torch.log(base.double().clamp_min(1e-9))
-            bases = [torch.softmax(log_base + model.context_prior[c].double(), -1) for c in range(len(folds))]
-        tilts = np.stack([calibrate_tilts(b.numpy(), f, table) for b, f in zip(bases, folds)])
+        bases = context_bases(model, base, len(folds))
+        tilts = np.stack([calibrate_tilts(b, f, table) for b, f in zip(bases, folds)])
         model.init_perturbation_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
+    if model.config.has_depth_prior:
+        init_depth_prior(model, conditions, data, base, obs if obs is not None else adata.obs)
+
+
+def init_depth_prior(
+    model: MaskPredictor, conditions: ConditionMap, data: AlignedCounts, base: torch.Tensor, obs: pd.DataFrame
+) -> None:
+    """Calibrate the depth tilts: each context's base tilted to each depth bin's mean library size."""
+    config = model.config
+    encoded = conditions.encode_obs(obs if data.cells is None else obs.iloc[data.cells])
+    column, first, n_bins = conditions.location(DEPTH_SLOT)
+    contexts = np.zeros(len(encoded), dtype=np.int64)
+    if config.depth_contexts > 1:
+        contexts = encoded[:, config.context_column] - config.context_offset
+    folds = depth_log_folds(
+        library_sizes(data), encoded[:, column] - first, contexts, config.depth_contexts, n_bins
+    )
+    table = tilt_table(base.numpy())  # raising tilts stay within the counts the data show
+    tilts = calibrate_depth_tilts(context_bases(model, base, config.depth_contexts), folds, table)
+    model.init_depth_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
+
+
+def observations(
+    adata: ad.AnnData, vocabulary: GeneVocabulary, depth_bins: int, context_key: str | None
+) -> pd.DataFrame:
+    """``adata.obs``, plus each cell's depth-bin label (a copy) when the model has depth bins."""
+    if not depth_bins:
+        return adata.obs
+    return with_depth_column(
+        adata.obs, AlignedCounts(adata, vocabulary.align(adata)), depth_bins, context_key
+    )
+
+
+def depth_settings(conditions: ConditionMap) -> dict[str, int]:
+    """The ModelConfig fields locating the depth slot (none without one)."""
+    location = conditions.location(DEPTH_SLOT)
+    if location is None:
+        return {}
+    column, first, n_bins = location
+    n_contexts = (conditions.location("source") or (0, 0, 1))[2]
+    return {"depth_bins": n_bins, "depth_column": column, "depth_offset": first, "depth_contexts": n_contexts}
 
 
 def default_device() -> torch.device:
@@ -148,6 +207,7 @@ def train(
     control_label: str | None = None,
     perturbation_kind: str = "genetic",
     devices: int = 1,
+    depth_bins: int = 0,
 ) -> Checkpoint:
     """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
 
@@ -164,6 +224,8 @@ def train(
     ``devices > 1`` trains data-parallel in that many new local processes (one GPU each on
     CUDA); under torchrun (``WORLD_SIZE`` set) this process is one rank of the group. Either
     way the result equals a single-process run on the same global batches (up to rounding).
+    ``depth_bins`` > 0 adds a depth condition (each cell's library-size quantile bin within its
+    source context) with its depth prior; generation then draws bins in training proportions.
     """
     options = dict(
         preset=preset,
@@ -177,6 +239,7 @@ def train(
         condition_keys=condition_keys,
         control_label=control_label,
         perturbation_kind=perturbation_kind,
+        depth_bins=depth_bins,
     )
     if devices < 1:
         raise ValueError(f"--devices must be >= 1, got {devices}")
@@ -238,6 +301,7 @@ def _train(
     condition_keys: dict[str, str] | None,
     control_label: str | None,
     perturbation_kind: str,
+    depth_bins: int,
 ) -> Checkpoint:
     """One process's share of :func:`train` (the whole of it without a process group)."""
     fingerprint = data_fingerprint(adata)
@@ -247,6 +311,10 @@ def _train(
             raise ValueError(f"--resume: the data differ from those {out_dir} was trained on")
         vocabulary = previous.vocabulary
         conditions = ConditionMap.from_dict(previous.conditions)
+        source = conditions.slot("source")
+        obs = observations(
+            adata, vocabulary, previous.model_config.depth_bins, source.key if source else None
+        )
         prior = previous.prior
         model_config = previous.model_config
         train_config = replace(previous.train_config, **(train_overrides or {}))
@@ -255,8 +323,16 @@ def _train(
             raise FileExistsError(f"{out_dir} already holds a checkpoint; pass --resume or another --out")
         chosen = get_preset(preset)
         vocabulary = vocabulary or GeneVocabulary.from_adata(adata, min_cells=min_cells)
+        keys = dict(condition_keys or {})
+        if depth_bins and "perturbation" in keys:
+            raise ValueError(
+                "depth bins are for generation models; leave them out with a perturbation condition"
+            )
+        obs = observations(adata, vocabulary, depth_bins, keys.get("source"))
+        if depth_bins:
+            keys[DEPTH_SLOT] = DEPTH_KEY
         conditions = ConditionMap.from_obs(
-            adata.obs, condition_keys or {}, control_label=control_label, perturbation_kind=perturbation_kind
+            obs, keys, control_label=control_label, perturbation_kind=perturbation_kind
         )
         column, first, n_contexts = conditions.location("source") or (-1, 0, 0)
         overrides = dict(model_overrides or {})
@@ -284,6 +360,7 @@ def _train(
             perturbation_offset=first_perturbation,
             n_perturbation_labels=n_perturbations,
             tilt_contexts=n_contexts if per_context_tilts else 1,
+            **depth_settings(conditions),
             **overrides,
         )
         train_config: TrainConfig = replace(chosen.train, **(train_overrides or {}))
@@ -317,11 +394,10 @@ def _train(
         print(alignment.report())
     torch.manual_seed(train_config.seed)
     data = AlignedCounts(adata, alignment, cells=cells)
-    obs = adata.obs if cells is None else adata.obs.iloc[cells]
     model = MaskPredictor(model_config)
-    encoded = conditions.encode_obs(obs) if conditions.n_slots else None
+    encoded = conditions.encode_obs(obs if cells is None else obs.iloc[cells]) if conditions.n_slots else None
     if not resume:
-        init_priors(model, adata, alignment, conditions, data)
+        init_priors(model, adata, alignment, conditions, data, obs)
     trainer = Trainer(model, train_config, device)
     if resume:
         trainer.model.load_state_dict(previous.model_state)
