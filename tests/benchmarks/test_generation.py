@@ -32,6 +32,7 @@ def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, count
     assert {"train_s", "generate_2_steps_s", "generate_4_steps_s", "evaluate_s"} <= set(timings)
     # Conditioned on the cell type by default: generated cells carry their requested type, which
     # the report scores (celltype_accuracy).
-    assert load_checkpoint(tmp_path / "bench" / "model").model_config.n_contexts == 3
+    config = load_checkpoint(tmp_path / "bench" / "model").model_config
+    assert config.n_contexts == 3 and config.depth_bins == 8  # with depth bins, as make demo
     metrics = pd.read_csv(report / "metrics.csv", index_col=0)
     assert metrics.loc["lingshu (2 steps)", "celltype_accuracy"] >= 0

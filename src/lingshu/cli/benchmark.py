@@ -118,7 +118,9 @@ def generation(
         "'none' for an unconditional model.",
     ),
     depth_bins: int = typer.Option(
-        0, "--depth-bins", help="Train with N library-size bins per label (see `lingshu train`)."
+        8,
+        "--depth-bins",
+        help="Train with N library-size bins per label, as `make demo` does (0 = none; see `lingshu train`).",
     ),
 ) -> None:
     """Train, generate and evaluate against held-out cells, the real ceiling and the baselines."""
