@@ -33,6 +33,19 @@ def _deep_and_shallow_cells(n_cells: int = 160, n_genes: int = 40, seed: int = 0
     )
 
 
+def _train_one_step(adata: ad.AnnData, out, depth_bins: int):
+    """A cell-type model after one step: its generated cells show its priors, not learning."""
+    return train(
+        adata,
+        out,
+        preset="tiny",
+        train_overrides={"max_steps": 1, "batch_size": 8},
+        progress=False,
+        condition_keys={"source": "cell_type"},
+        depth_bins=depth_bins,
+    )
+
+
 @pytest.mark.parametrize("depth_bins", [4, 0])
 def test_an_untrained_depth_model_generates_deep_cells_for_deep_bins(tmp_path, depth_bins):
     """One training step: the network has learned nothing, so the spread of generated library
@@ -40,15 +53,7 @@ def test_an_untrained_depth_model_generates_deep_cells_for_deep_bins(tmp_path, d
     shallowest quarter; without depth bins every gene is drawn independently and library sizes
     barely vary (the test's depth_bins=0 case checks that this gap is the depth prior's work)."""
     adata = _deep_and_shallow_cells()
-    checkpoint = train(
-        adata,
-        tmp_path / "ckpt",
-        preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
-        progress=False,
-        condition_keys={"source": "cell_type"},
-        depth_bins=depth_bins,
-    )
+    checkpoint = _train_one_step(adata, tmp_path / "ckpt", depth_bins)
     cells = generate(checkpoint, 400, n_steps=4, progress=False, seed=1)
     sizes = np.asarray(cells.X.sum(1)).ravel()
     real = np.asarray(adata.X.sum(1)).ravel()
@@ -64,15 +69,7 @@ def test_an_untrained_depth_model_generates_deep_cells_for_deep_bins(tmp_path, d
 
 
 def test_generation_draws_the_depth_bin_with_the_asked_cell_type(tmp_path, counts_adata):
-    checkpoint = train(
-        counts_adata,
-        tmp_path / "ckpt",
-        preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
-        progress=False,
-        condition_keys={"source": "cell_type"},
-        depth_bins=3,
-    )
+    checkpoint = _train_one_step(counts_adata, tmp_path / "ckpt", 3)
     cells = generate(checkpoint, 60, n_steps=2, progress=False, conditions={"cell_type": "type1"})
     assert (cells.obs["cell_type"] == "type1").all()
     assert set(cells.obs[DEPTH_KEY]) == {"1/3", "2/3", "3/3"}
