@@ -197,8 +197,12 @@ class ConditionMap:
         """The same labels with the perturbation replaced by the control label (the CFG reference)."""
         return [s.control_label if s.name == "perturbation" else lab for s, lab in zip(self.slots, labels)]
 
-    def resolve(self, requested: dict[str, str]) -> list[str]:
-        """Turn ``{obs key or slot name: label}`` into one label per slot (all slots required)."""
+    def resolve(self, requested: dict[str, str], optional: tuple[str, ...] = ()) -> list[str | None]:
+        """Turn ``{obs key or slot name: label}`` into one label per slot.
+
+        Every slot is required except those named (by role) in ``optional``, which are None
+        when not requested (the caller fills them, e.g. by drawing them).
+        """
         by_key = {**{s.key: s for s in self.slots}, **{s.name: s for s in self.slots}}
         unknown = sorted(set(requested) - set(by_key))
         if unknown:
@@ -207,10 +211,10 @@ class ConditionMap:
                 f"{[s.key for s in self.slots] or 'nothing'}"
             )
         chosen = {by_key[k].key: v for k, v in requested.items()}
-        missing = [s.key for s in self.slots if s.key not in chosen]
+        missing = [s.key for s in self.slots if s.key not in chosen and s.name not in optional]
         if missing:
             raise ValueError(f"give a label for every condition: missing {missing}")
-        return [chosen[s.key] for s in self.slots]
+        return [chosen.get(s.key) for s in self.slots]
 
     def to_dict(self) -> dict:
         return {

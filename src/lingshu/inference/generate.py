@@ -168,12 +168,8 @@ def condition_labels(
         picks = rng.choice(len(weights), size=n_cells, p=weights / weights.sum())
         return combinations.iloc[picks].reset_index(drop=True)
     # Slots such as the depth bin are drawn, with the requested labels, in training proportions.
-    drawn = [
-        slot.key
-        for slot in condition_map.slots
-        if slot.name in DRAWN_SLOTS and not {slot.key, slot.name} & set(requested)
-    ]
-    row = condition_map.resolve({**requested, **dict.fromkeys(drawn, "")})
+    row = condition_map.resolve(requested, optional=DRAWN_SLOTS)
+    drawn = [key for key, label in zip(keys, row) if label is None]
     labels = pd.DataFrame([row] * n_cells, columns=keys)
     if drawn:
         fixed = [key for key in keys if key not in drawn]

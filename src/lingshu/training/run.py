@@ -168,14 +168,12 @@ def init_depth_prior(
 
 
 def observations(
-    adata: ad.AnnData, vocabulary: GeneVocabulary, depth_bins: int, context_key: str | None
+    adata: ad.AnnData, alignment: GeneAlignment, depth_bins: int, context_key: str | None
 ) -> pd.DataFrame:
     """``adata.obs``, plus each cell's depth-bin label (a copy) when the model has depth bins."""
     if not depth_bins:
         return adata.obs
-    return with_depth_column(
-        adata.obs, AlignedCounts(adata, vocabulary.align(adata)), depth_bins, context_key
-    )
+    return with_depth_column(adata.obs, AlignedCounts(adata, alignment), depth_bins, context_key)
 
 
 def depth_settings(conditions: ConditionMap) -> dict[str, int]:
@@ -312,9 +310,8 @@ def _train(
         vocabulary = previous.vocabulary
         conditions = ConditionMap.from_dict(previous.conditions)
         source = conditions.slot("source")
-        obs = observations(
-            adata, vocabulary, previous.model_config.depth_bins, source.key if source else None
-        )
+        alignment = vocabulary.align(adata)
+        obs = observations(adata, alignment, previous.model_config.depth_bins, source.key if source else None)
         prior = previous.prior
         model_config = previous.model_config
         train_config = replace(previous.train_config, **(train_overrides or {}))
@@ -328,7 +325,8 @@ def _train(
             raise ValueError(
                 "depth bins are for generation models; leave them out with a perturbation condition"
             )
-        obs = observations(adata, vocabulary, depth_bins, keys.get("source"))
+        alignment = vocabulary.align(adata)
+        obs = observations(adata, alignment, depth_bins, keys.get("source"))
         if depth_bins:
             keys[DEPTH_SLOT] = DEPTH_KEY
         conditions = ConditionMap.from_obs(
@@ -389,7 +387,6 @@ def _train(
                 f"training on {len(cells):,} of {adata.n_obs:,} cells (controls capped at "
                 f"{train_config.max_control_fraction:.0%})"
             )
-    alignment = vocabulary.align(adata)
     if distributed.is_main():
         print(alignment.report())
     torch.manual_seed(train_config.seed)
