@@ -44,6 +44,9 @@ class ModelConfig:
     and gene calibrated like the shift prior so that the context's token distribution gets the
     bin's mean depth. Within a cell type, depth is the dominant structure (a deep cell detects
     more of every gene); generation draws the bin with the context in training proportions.
+    ``depth_table_width`` > 0 adds to the tilt a residual table per context, bin and gene over
+    the tokens below that width and the tail above it, so each bin starts from its own marginal
+    (see ``lingshu.training.depth_shift``); 0 keeps the tilt alone.
     ``depth_column``/``depth_offset``/``depth_contexts`` locate the depth slot (set from the data).
     """
 
@@ -74,6 +77,7 @@ class ModelConfig:
     depth_column: int = -1
     depth_offset: int = 0
     depth_contexts: int = 1
+    depth_table_width: int = 32
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0
@@ -91,6 +95,10 @@ class ModelConfig:
         return self.depth_bins > 0 and self.depth_column >= 0
 
     @property
+    def has_depth_tables(self) -> bool:
+        return self.has_depth_prior and self.depth_table_width > 0
+
+    @property
     def has_tilts(self) -> bool:
         """Whether logits get exponential tilts (shift prior, depth prior or both)."""
         return self.has_perturbation_prior or self.has_depth_prior
@@ -103,7 +111,8 @@ class ModelConfig:
         if self.has_perturbation_prior:
             parts.append(f"shift prior ({'per context' if self.tilt_contexts > 1 else 'pooled'})")
         if self.has_depth_prior:
-            parts.append(f"depth prior ({self.depth_bins} bins)")
+            tables = f", tables below count {self.depth_table_width}" if self.has_depth_tables else ""
+            parts.append(f"depth prior ({self.depth_bins} bins{tables})")
         return ", ".join(parts) or "none"
 
     def __post_init__(self) -> None:
@@ -113,6 +122,8 @@ class ModelConfig:
             raise ValueError("head dimension must be even for rotary embeddings")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if not 0 <= self.depth_table_width <= 100:  # tokens below 100 are exact counts
+            raise ValueError(f"depth_table_width must be in 0..100, got {self.depth_table_width}")
 
 
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -140,3 +140,19 @@ def test_train_reads_a_directory_of_shards(tmp_path, counts_adata):
     split.write_text('{"held_out_cells": ["cell0"]}')
     result = _train_tiny(shards, tmp_path / "c2", 1, "--holdout", str(split))
     assert result.exit_code == 2 and "--holdout needs a single .h5ad file" in result.output
+
+
+def test_depth_bins_and_their_table_width_from_the_command_line(tmp_path, counts_adata):
+    data = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(data)
+    for width, expected in (
+        ("0", "depth prior (2 bins)"),
+        ("5", "depth prior (2 bins, tables below count 5)"),
+    ):
+        ckpt = tmp_path / f"ckpt{width}"
+        extra = ("--source-key", "cell_type", "--depth-bins", "2", "--depth-table-width", width)
+        result = _train_tiny(data, str(ckpt), 1, *extra)
+        assert result.exit_code == 0, result.output
+        out = tmp_path / f"gen{width}.h5ad"
+        assert _generate(ckpt, out, 2, 1).exit_code == 0
+        assert ad.read_h5ad(out).uns["lingshu"]["model_priors"].endswith(expected)

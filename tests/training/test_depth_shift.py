@@ -5,10 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
-from lingshu.data.depth import DEPTH_KEY
+from lingshu.config import ModelConfig
+from lingshu.data.conditions import ConditionMap
+from lingshu.data.depth import DEPTH_KEY, with_depth_column
+from lingshu.data.loader import AlignedCounts
+from lingshu.data.tokenizer import MASK_TOKEN, encode_counts
+from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.inference.generate import generate
-from lingshu.training.depth_shift import depth_log_folds
+from lingshu.training.depth_shift import DEPTH_SHRINKAGE, bin_token_counts, depth_log_folds, depth_residuals
 from lingshu.training.run import train
 
 
@@ -18,6 +24,35 @@ def test_log_folds_are_each_bins_mean_depth_over_its_contexts():
     contexts = np.array([0, 0, 1, 1])
     folds = depth_log_folds(sizes, bins, contexts, n_contexts=2, n_bins=2)
     np.testing.assert_allclose(np.exp(folds), [[0.5, 1.5], [0.5, 1.5]])
+
+
+def test_bin_token_counts_count_low_tokens_and_the_tail_per_group():
+    counts = np.array([[0, 1], [2, 7], [1, 150], [0, 0]])
+    adata = ad.AnnData(X=sp.csr_matrix(counts), var=pd.DataFrame(index=["A", "B"]))
+    data = AlignedCounts(adata, GeneVocabulary.from_adata(adata, min_cells=0).align(adata))
+    table = bin_token_counts(data, np.array([0, 0, 1, -1]), n_groups=2, width=2, chunk_size=3)
+    # gene A: group 0 saw 0 and 2 (tail), group 1 saw 1; gene B: group 0 saw 1 and 7, group 1 saw 150
+    np.testing.assert_array_equal(table[0], [[1, 0, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(table[1], [[0, 1, 0], [0, 0, 1]])
+
+
+def test_depth_residuals_turn_the_tilted_distribution_into_the_bins_shrunk_frequencies():
+    rng = np.random.default_rng(0)
+    tilted = rng.dirichlet(np.ones(4), size=(3, 5))  # 3 bins, 5 genes, width 3 + tail
+    counts = rng.integers(0, 6, size=(3, 5, 4))
+    counts[..., 0] += 1
+    counts[2] = 0  # a bin without cells
+    cells = counts.sum(-1, keepdims=True)
+    for shrinkage in (0.0, 2.0):
+        fitted = tilted * np.exp(depth_residuals(tilted, counts, shrinkage))
+        expected = (counts + shrinkage * tilted) / np.maximum(cells + shrinkage, 1)
+        np.testing.assert_allclose(fitted[:2], expected[:2], rtol=1e-9, atol=1e-8)  # 1e-9 floor
+        np.testing.assert_allclose(fitted[2], tilted[2])
+
+
+def test_depth_table_width_must_stay_within_the_exact_counts():
+    with pytest.raises(ValueError, match="depth_table_width"):
+        ModelConfig(depth_table_width=101)
 
 
 def _deep_and_shallow_cells(n_cells: int = 160, n_genes: int = 40, seed: int = 0) -> ad.AnnData:
@@ -79,3 +114,30 @@ def test_generation_draws_the_depth_bin_with_the_asked_cell_type(tmp_path, count
     assert (fixed.obs[DEPTH_KEY] == "3/3").all()
     with pytest.raises(ValueError, match="depth '9/3'"):
         generate(checkpoint, 5, n_steps=2, progress=False, conditions={"cell_type": "type1", "depth": "9/3"})
+
+
+def test_a_depth_model_starts_from_each_bins_own_token_frequencies(tmp_path):
+    """With the network silenced (head zeroed), a new depth model's distribution for a (type,
+    bin) is the bin's own token frequencies, shrunk by one pseudo-cell towards the tilted type
+    distribution (what the model gives with its residual table zeroed)."""
+    adata = _deep_and_shallow_cells()
+    checkpoint = _train_one_step(adata, tmp_path / "ckpt", 4)
+    model = checkpoint.build_model()
+    model.head.weight.data.zero_()
+    alignment = checkpoint.vocabulary.align(adata)
+    obs = with_depth_column(adata.obs, AlignedCounts(adata, alignment), 4, "cell_type")
+    conditions = torch.from_numpy(ConditionMap.from_dict(checkpoint.conditions).encode_obs(obs))
+    tokens = torch.full((len(obs), len(checkpoint.vocabulary)), MASK_TOKEN)
+    width = model.config.depth_table_width
+    with torch.no_grad():
+        learnt = torch.softmax(model(tokens, conditions).double(), -1)[..., :width].numpy()
+        model.depth_residual.zero_()
+        tilted = torch.softmax(model(tokens, conditions).double(), -1)[..., :width].numpy()
+    cell_tokens = encode_counts(AlignedCounts(adata, alignment).rows(np.arange(adata.n_obs)))
+    groups = obs.groupby(["cell_type", DEPTH_KEY]).indices
+    assert len(groups) == 8
+    for members in groups.values():
+        first = members[0]
+        frequencies = np.stack([(cell_tokens[members] == k).sum(0) for k in range(width)], -1)
+        expected = (frequencies + DEPTH_SHRINKAGE * tilted[first]) / (len(members) + DEPTH_SHRINKAGE)
+        np.testing.assert_allclose(learnt[first], expected, atol=2e-3)  # the table is half precision

@@ -104,6 +104,12 @@ def train(
         "source label, with a depth prior; generation draws bins in training proportions "
         "(0 = none; not with --perturbation-key).",
     ),
+    depth_table_width: int | None = typer.Option(
+        None,
+        "--depth-table-width",
+        help="With --depth-bins: each bin's own frequencies of counts below this (and of the tail "
+        "above) start its distribution, on top of the depth tilt (default 32; 0 = the tilt alone).",
+    ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
     backed: bool = typer.Option(
@@ -132,6 +138,8 @@ def train(
     }
     train_overrides = {k: v for k, v in overrides.items() if v is not None}
     model_overrides = {} if patch_size is None else {"patch_size": patch_size}
+    if depth_table_width is not None:
+        model_overrides["depth_table_width"] = depth_table_width
     condition_keys = {"source": source_key} if source_key else {}
     if perturbation_key:
         condition_keys["perturbation"] = perturbation_key

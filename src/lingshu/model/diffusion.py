@@ -77,7 +77,9 @@ def masked_loss_and_mask(
     # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
     permutation = model.permutation
     hidden = model.encode(inputs, conditions)
-    logits = model.permuted_logits(hidden, model.context_index(conditions), model.tilt(conditions)).float()
+    logits = model.permuted_logits(
+        hidden, model.context_index(conditions), model.tilt(conditions), model.depth_index(conditions)
+    ).float()
     nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
     weights = masked[:, permutation] / (t[:, None] * observed.sum(1, keepdim=True).clamp_min(1))
     return (nll.view(b, g) * weights).sum() / b, masked
@@ -165,7 +167,7 @@ def sample_tokens(
     step_of = _reveal_step_of_each_position(tokens == MASK_TOKEN, n_steps, generator)
     use_guidance = guidance != 0 and control_conditions is not None
     # Conditions, context rows and tilts are the same at every step: computed once.
-    tilt = model.tilt(conditions)
+    tilt, depth = model.tilt(conditions), model.depth_index(conditions)
     run_under = torch.cat([conditions, control_conditions]) if use_guidance else conditions
     context = model.context_index(run_under)
     for step in range(n_steps):
@@ -184,8 +186,10 @@ def sample_tokens(
             )
             if tilt is not None:
                 logits = logits + model.tilt_offsets(tilt[cells, genes], genes)
+            if depth is not None:
+                logits = model.add_depth_residual(logits, depth[cells], genes)
         else:
             hidden = model.encode(tokens, run_under)
-            logits = model.logits_at(hidden, cells, genes, context, tilt).float()
+            logits = model.logits_at(hidden, cells, genes, context, tilt, depth).float()
         tokens[cells, genes] = sample_categorical(logits, generator)
     return tokens

@@ -136,6 +136,15 @@ class MaskPredictor(nn.Module):
             "depth_tilt",
             torch.zeros(config.depth_contexts, config.depth_bins, g) if config.has_depth_prior else None,
         )
+        width = config.depth_table_width
+        # Per context x depth bin and gene, log-ratio offsets of the low tokens and the tail
+        # (depth_table_width + 1 columns) to the tilted distribution; half precision as above.
+        self.register_buffer(
+            "depth_residual",
+            torch.zeros(config.depth_contexts * config.depth_bins, g, width + 1, dtype=torch.float16)
+            if config.has_depth_tables
+            else None,
+        )
         self.register_buffer("tilt_table", torch.zeros(g, N_EXPRESSION_TOKENS) if config.has_tilts else None)
         self.register_buffer("token_values", torch.from_numpy(token_values()).float(), persistent=False)
         self.gradient_checkpointing = False
@@ -221,6 +230,35 @@ class MaskPredictor(nn.Module):
             raise ValueError("this model has no perturbation prior (no perturbation condition)")
         self.perturbation_tilt.copy_(tilts.to(self.perturbation_tilt))
         self.tilt_table.copy_(table.to(self.tilt_table))
+
+    def depth_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
+        """Each cell's (context, depth bin) row of the depth residual table, or None without one."""
+        c = self.config
+        if not c.has_depth_tables or conditions is None:
+            return None
+        bins = conditions[:, c.depth_column] - c.depth_offset
+        if c.depth_contexts == 1:
+            return bins
+        return self._source_index(conditions) * c.depth_bins + bins
+
+    def add_depth_residual(
+        self, logits: torch.Tensor, rows: torch.Tensor, genes: torch.Tensor
+    ) -> torch.Tensor:
+        """Add, in place, the depth residuals of table ``rows`` and ``genes`` (broadcasting to
+        ``logits``'s leading shape) to ``logits`` (..., 281): per token below the table's width,
+        and the tail's one offset to every token above it."""
+        width = self.config.depth_table_width
+        residual = self.depth_residual[rows, genes].to(logits.dtype)
+        logits[..., :width].add_(residual[..., :width])
+        logits[..., width:].add_(residual[..., width:])
+        return logits
+
+    @torch.no_grad()
+    def init_depth_residual(self, residuals: torch.Tensor) -> None:
+        """Set the depth residual table (depth_contexts, depth_bins, G, depth_table_width + 1)."""
+        if not self.config.has_depth_tables:
+            raise ValueError("this model has no depth tables (no depth bins, or depth_table_width=0)")
+        self.depth_residual.copy_(residuals.reshape(self.depth_residual.shape).to(self.depth_residual.dtype))
 
     @torch.no_grad()
     def init_depth_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
@@ -315,11 +353,13 @@ class MaskPredictor(nn.Module):
         genes: torch.Tensor,
         context: torch.Tensor | None = None,
         tilt: torch.Tensor | None = None,
+        depth: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Expression-token logits (M, 281) for the (cell, gene) pairs given as index vectors.
 
-        ``context`` (B,) holds each hidden row's context-prior row (:meth:`context_index`) and
-        ``tilt`` (B, G) its perturbation tilts (:meth:`tilt`).
+        ``context`` (B,) holds each hidden row's context-prior row (:meth:`context_index`),
+        ``tilt`` (B, G) its summed tilts (:meth:`tilt`) and ``depth`` (B,) its depth-table row
+        (:meth:`depth_index`).
 
         Decompression, the gene embedding and the head are linear, so the logits of gene g in
         slot s of group j are (head @ W_up_s) h_j + head @ gene_g: one small matmul per slot on
@@ -340,6 +380,8 @@ class MaskPredictor(nn.Module):
             offsets = offsets + self.context_prior[context[cells], genes].to(offsets.dtype)
         if tilt is not None:
             offsets = offsets + self.tilt_offsets(tilt[cells, genes], genes)
+        if depth is not None:
+            offsets = self.add_depth_residual(offsets, depth[cells], genes)
         if s == 1:
             return torch.addmm(offsets, states, head.T)
         per_slot = torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
@@ -353,7 +395,11 @@ class MaskPredictor(nn.Module):
         return logits
 
     def permuted_logits(
-        self, hidden: torch.Tensor, context: torch.Tensor | None = None, tilt: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        context: torch.Tensor | None = None,
+        tilt: torch.Tensor | None = None,
+        depth: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of every gene, (B, G, 281), in *permuted* gene order (gene ``permutation[i]``
         at position i), as a few large matmuls: the training path, where most positions count.
@@ -383,6 +429,8 @@ class MaskPredictor(nn.Module):
         if tilt is not None:
             offsets = self.tilt_offsets(tilt[:, self.permutation], self.permutation)
             logits = logits.add_(offsets.to(logits.dtype))
+        if depth is not None:
+            logits = self.add_depth_residual(logits, depth[:, None], self.permutation[None, :])
         return logits
 
     def forward(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
@@ -393,7 +441,8 @@ class MaskPredictor(nn.Module):
         cells = torch.arange(b, device=tokens.device).repeat_interleave(g)
         genes = torch.arange(g, device=tokens.device).repeat(b)
         context, tilt = self.context_index(conditions), self.tilt(conditions)
-        return self.logits_at(hidden, cells, genes, context, tilt).view(b, g, -1)
+        depth = self.depth_index(conditions)
+        return self.logits_at(hidden, cells, genes, context, tilt, depth).view(b, g, -1)
 
     def block_parameter_count(self) -> int:
         """Parameters of the transformer blocks and final norm (the paper's ~85M for `paper`)."""

@@ -5,13 +5,25 @@ the library size. For each context and depth bin the fold is the bin's mean libr
 the context's, and each gene's tilt is calibrated (as the perturbation shift prior's are) so that
 the context's token distribution, tilted, has its mean scaled by that fold. One scalar per bin
 rather than a fold per gene keeps the small bins of rare cell types from adding noise.
+
+A library-size fold moves a gene's mean, not the shape of its distribution (a shallow cell has
+more zeros than a scaled-down deep one), so on top of the tilt each bin gets a residual table:
+the log ratio of the bin's own frequencies of the low tokens (and of the tail above them) to the
+tilted distribution's, shrunk towards the tilt for small bins. Tilt and table together give each
+(context, bin) its own per-gene marginal, from which the network learns the structure between genes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from lingshu.data.loader import AlignedCounts
+from lingshu.data.tokenizer import encode_counts
+from lingshu.model.tilt import tilt_offsets, token_values
 from lingshu.training.perturbation_shift import calibrate_tilts
+
+# Pseudo-cells of the tilted distribution mixed into each bin's own token frequencies.
+DEPTH_SHRINKAGE = 1.0
 
 
 def depth_log_folds(
@@ -40,3 +52,54 @@ def calibrate_depth_tilts(bases: list[np.ndarray], log_folds: np.ndarray, table:
             for base, folds in zip(bases, log_folds)
         ]
     )
+
+
+def bin_token_counts(
+    data: AlignedCounts, groups: np.ndarray, n_groups: int, width: int, chunk_size: int = 1024
+) -> np.ndarray:
+    """Token counts (n_groups, G, width + 1) of each group's cells (-1 = in no group): column k
+    counts token k for k < ``width``, the last column every token >= ``width`` (the tail)."""
+    n_genes = len(data.observed)
+    counts = np.zeros((n_groups, n_genes * (width + 1)), dtype=np.int64)
+    stride = (width + 1) * np.arange(n_genes)
+    for start in range(0, data.n_cells, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, data.n_cells))
+        tokens = np.minimum(encode_counts(data.rows(rows)), width)
+        for group in np.unique(groups[rows]):
+            if group >= 0:
+                flat = (tokens[groups[rows] == group] + stride).ravel()
+                counts[group] += np.bincount(flat, minlength=counts.shape[1])
+    return counts.reshape(n_groups, n_genes, width + 1)
+
+
+def truncate_probabilities(probabilities: np.ndarray, width: int) -> np.ndarray:
+    """(..., 281) token probabilities as (..., width + 1): the first ``width`` and the tail's sum."""
+    return np.concatenate([probabilities[..., :width], probabilities[..., width:].sum(-1, keepdims=True)], -1)
+
+
+def tilted_distributions(base: np.ndarray, tilts: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
+    """Truncated token distributions (n_bins, G, width + 1) of ``base`` (G, 281) under each
+    bin's tilts (n_bins, G), as the model's logits form them."""
+    log_base = np.log(np.clip(base, 1e-9, None))
+    values = token_values()
+    result = []
+    for bin_tilts in tilts:
+        logits = log_base + tilt_offsets(bin_tilts[:, None], table, values)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        result.append(truncate_probabilities(weights / weights.sum(-1, keepdims=True), width))
+    return np.stack(result)
+
+
+def depth_residuals(tilted: np.ndarray, counts: np.ndarray, shrinkage: float) -> np.ndarray:
+    """Log-ratio offsets (..., G, width + 1) of each bin's own token frequencies to its tilted prior.
+
+    ``tilted`` (..., G, width + 1) is the bin's tilted context distribution and ``counts`` the
+    bin's token counts, both truncated (:func:`truncate_probabilities`, :func:`bin_token_counts`).
+    The bin's frequencies are shrunk towards the tilted distribution by ``shrinkage`` pseudo-cells,
+    so a bin of a few cells stays near the tilt; a bin without cells gets zeros.
+    """
+    floor = 1e-9
+    cells = counts.sum(-1, keepdims=True)
+    own = (counts + shrinkage * tilted) / np.maximum(cells + shrinkage, 1e-12)
+    residual = np.log(np.clip(own, floor, None)) - np.log(np.clip(tilted, floor, None))
+    return np.where(cells > 0, residual, 0.0)

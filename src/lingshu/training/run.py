@@ -24,7 +24,14 @@ from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from lingshu.training.depth_shift import calibrate_depth_tilts, depth_log_folds
+from lingshu.training.depth_shift import (
+    DEPTH_SHRINKAGE,
+    bin_token_counts,
+    calibrate_depth_tilts,
+    depth_log_folds,
+    depth_residuals,
+    tilted_distributions,
+)
 from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
 from lingshu.training.trainer import Trainer
 
@@ -152,19 +159,26 @@ def init_priors(
 def init_depth_prior(
     model: MaskPredictor, conditions: ConditionMap, data: AlignedCounts, base: torch.Tensor, obs: pd.DataFrame
 ) -> None:
-    """Calibrate the depth tilts: each context's base tilted to each depth bin's mean library size."""
+    """Calibrate the depth tilts (each context's base tilted to each depth bin's mean library
+    size) and, with depth tables, each bin's residual from its tilted distribution."""
     config = model.config
     encoded = conditions.encode_obs(obs if data.cells is None else obs.iloc[data.cells])
     column, first, n_bins = conditions.location(DEPTH_SLOT)
+    bins = encoded[:, column] - first
     contexts = np.zeros(len(encoded), dtype=np.int64)
     if config.depth_contexts > 1:
         contexts = encoded[:, config.context_column] - config.context_offset
-    folds = depth_log_folds(
-        library_sizes(data), encoded[:, column] - first, contexts, config.depth_contexts, n_bins
-    )
+    folds = depth_log_folds(library_sizes(data), bins, contexts, config.depth_contexts, n_bins)
     table = tilt_table(base.numpy())  # raising tilts stay within the counts the data show
-    tilts = calibrate_depth_tilts(context_bases(model, base, config.depth_contexts), folds, table)
+    bases = context_bases(model, base, config.depth_contexts)
+    tilts = calibrate_depth_tilts(bases, folds, table)
     model.init_depth_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
+    if config.has_depth_tables:
+        width = config.depth_table_width
+        counts = bin_token_counts(data, contexts * n_bins + bins, config.depth_contexts * n_bins, width)
+        tilted = np.stack([tilted_distributions(b, t, table, width) for b, t in zip(bases, tilts)])
+        residuals = depth_residuals(tilted, counts.reshape(tilted.shape), DEPTH_SHRINKAGE)
+        model.init_depth_residual(torch.from_numpy(residuals))
 
 
 def observations(
