@@ -98,3 +98,26 @@ def test_a_briefly_trained_cell_type_model_generates_each_type_with_its_own_prof
         generated = np.log1p(cells[:, adata.var_names].X.toarray().mean(0))
         distances = {t: np.abs(generated - profile).mean() for t, profile in real.items()}
         assert min(distances, key=distances.get) == cell_type, distances
+
+
+def test_drawn_slots_follow_the_asked_labels_else_their_context_else_every_cell():
+    import pandas as pd
+
+    from lingshu.data.conditions import ConditionMap
+    from lingshu.inference.generate import draw_slots
+
+    obs = pd.DataFrame(
+        {
+            "line": ["A", "A", "A", "B", "B"],
+            "gene": ["control", "KO1", "KO1", "control", "KO2"],
+            "depth": ["1/2", "2/2", "2/2", "1/2", "1/2"],
+        }
+    )
+    keys = {"source": "line", "perturbation": "gene", "depth": "depth"}
+    cmap = ConditionMap.from_obs(obs, keys, control_label="control")
+    rng = np.random.default_rng(0)
+    seen = draw_slots(cmap, ["A", "KO1", None], 50, rng)
+    assert set(seen["depth"]) == {"2/2"} and set(seen["gene"]) == {"KO1"}
+    unseen_here = draw_slots(cmap, ["B", "KO1", None], 50, rng)  # KO1 never seen in line B
+    assert set(unseen_here["depth"]) == {"1/2"}
+    assert draw_slots(cmap, ["A", "KO2", None], 200, rng)["depth"].value_counts()["2/2"] > 100

@@ -109,3 +109,34 @@ def test_unseen_targets_can_be_sampled_under_the_control_token_with_the_prior(ch
     assert list(cells.obs["perturbation"]) == ["NEWGENE"] * 3 + ["KO1+NEWGENE"] * 2
     # NEWGENE is not a measured gene, so only KO1's evidence from ctxA is pre-filled.
     assert sorted(second["prior_genes"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
+
+
+def test_a_depth_model_predicts_each_cell_at_a_drawn_depth(tmp_path):
+    """Depth bins with a perturbation condition: the bins' priors are measured on controls, each
+    predicted cell gets a bin (its context's, for a pair never seen), and one training step (the
+    priors alone) already makes the deepest bin's cells deeper than the shallowest's."""
+    from lingshu.data.depth import DEPTH_KEY
+    from tests.conftest import make_perturbation_adata
+
+    adata = make_perturbation_adata(n_per_group=40)
+    adata = adata[(adata.obs["perturbation"] != "KO1+KO2").to_numpy()].copy()
+    out = tmp_path / "ckpt"
+    train(
+        adata,
+        out,
+        preset="tiny",
+        train_overrides={"max_steps": 1, "batch_size": 8},
+        progress=False,
+        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
+        control_label="control",
+        depth_bins=2,
+    )
+    cells = predict(
+        out, [Request("ctxA", "control", 300), Request("ctxB", "KO1+KO2", 20)], n_steps=2, progress=False
+    )
+    requests = cells.uns["lingshu"]["requests"]
+    assert requests["0"]["seen_in_training"] and not requests["1"]["seen_in_training"]
+    assert set(cells.obs[DEPTH_KEY]) == {"1/2", "2/2"}
+    sizes = np.asarray(cells.X[:300].sum(1)).ravel()
+    by_bin = {b: sizes[(cells.obs[DEPTH_KEY].to_numpy()[:300] == b)].mean() for b in ("1/2", "2/2")}
+    assert by_bin["2/2"] > 1.1 * by_bin["1/2"], by_bin

@@ -12,9 +12,8 @@ from lingshu.data.conditions import ConditionMap
 from lingshu.data.depth import DEPTH_KEY, with_depth_column
 from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import MASK_TOKEN, encode_counts
-from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.inference.generate import generate
-from lingshu.training.depth_shift import DEPTH_SHRINKAGE, bin_token_counts, depth_log_folds, depth_residuals
+from lingshu.training.depth_shift import DEPTH_SHRINKAGE, depth_log_folds, depth_residuals
 from lingshu.training.run import train
 
 
@@ -24,16 +23,6 @@ def test_log_folds_are_each_bins_mean_depth_over_its_contexts():
     contexts = np.array([0, 0, 1, 1])
     folds = depth_log_folds(sizes, bins, contexts, n_contexts=2, n_bins=2)
     np.testing.assert_allclose(np.exp(folds), [[0.5, 1.5], [0.5, 1.5]])
-
-
-def test_bin_token_counts_count_low_tokens_and_the_tail_per_group():
-    counts = np.array([[0, 1], [2, 7], [1, 150], [0, 0]])
-    adata = ad.AnnData(X=sp.csr_matrix(counts), var=pd.DataFrame(index=["A", "B"]))
-    data = AlignedCounts(adata, GeneVocabulary.from_adata(adata, min_cells=0).align(adata))
-    table = bin_token_counts(data, np.array([0, 0, 1, -1]), n_groups=2, width=2, chunk_size=3)
-    # gene A: group 0 saw 0 and 2 (tail), group 1 saw 1; gene B: group 0 saw 1 and 7, group 1 saw 150
-    np.testing.assert_array_equal(table[0], [[1, 0, 1], [0, 1, 1]])
-    np.testing.assert_array_equal(table[1], [[0, 1, 0], [0, 0, 1]])
 
 
 def test_depth_residuals_turn_the_tilted_distribution_into_the_bins_shrunk_frequencies():

@@ -40,6 +40,7 @@ class LingshuPredictor:
     preset: str = "small"
     train_overrides: dict = field(default_factory=dict)
     model_overrides: dict = field(default_factory=dict)
+    depth_bins: int = 0
     n_steps: int = 3
     guidance: float | None = None
     use_prior: bool | None = None
@@ -65,6 +66,7 @@ class LingshuPredictor:
             condition_keys={"source": split.context_key, "perturbation": split.perturbation_key},
             control_label=split.control_label,
             perturbation_kind=split.perturbation_kind,
+            depth_bins=self.depth_bins,
         )
 
     def __call__(

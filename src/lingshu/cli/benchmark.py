@@ -208,6 +208,12 @@ def perturbation(
     patch_size: int | None = typer.Option(
         None, "--patch-size", help="The model's compression S (paper: 32 for genetic perturbations)."
     ),
+    depth_bins: int = typer.Option(
+        0,
+        "--depth-bins",
+        help="Train the model with N depth bins per context (0 = none); predictions draw each "
+        "cell's bin as its context's training cells show them.",
+    ),
     sampling_steps: int = typer.Option(3, "--sampling-steps", help="Unmasking steps per prediction."),
     guidance: float | None = typer.Option(
         None, "--guidance", help="CFG w (default: 2 genetic, 3 cytokine; the split's kind)."
@@ -245,6 +251,7 @@ def perturbation(
         preset=preset,
         train_overrides={k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v},
         model_overrides={"patch_size": patch_size} if patch_size else {},
+        depth_bins=depth_bins,
         n_steps=sampling_steps,
         guidance=guidance,
         use_prior=prior,

@@ -102,7 +102,7 @@ def train(
         "--depth-bins",
         help="Add a depth condition: each cell's library-size quantile bin (of N) within its "
         "source label, with a depth prior; generation draws bins in training proportions "
-        "(0 = none; not with --perturbation-key).",
+        "(0 = none). With --perturbation-key the bins' priors are measured on the controls.",
     ),
     depth_table_width: int | None = typer.Option(
         None,

@@ -152,6 +152,33 @@ def sample_counts(
     return sp.vstack(blocks, format="csr")
 
 
+def draw_slots(
+    condition_map: ConditionMap, row: list[str | None], n_cells: int, rng: np.random.Generator
+) -> pd.DataFrame:
+    """``n_cells`` rows of ``row`` (one label per slot) with its None slots (the depth bin)
+    drawn per cell, in the training proportions of the combinations that share the given labels.
+
+    A combination never seen in training (a held-out perturbation in its context) draws them
+    as the cells of the same source context did, and without one as all training cells did.
+    """
+    keys = [slot.key for slot in condition_map.slots]
+    labels = pd.DataFrame([row] * n_cells, columns=keys)
+    drawn = [key for key, label in zip(keys, row) if label is None]
+    if not drawn or not n_cells:
+        return labels
+    combinations = pd.DataFrame(condition_map.combinations, columns=keys)
+    weights = np.asarray(condition_map.combination_counts, dtype=float)
+    source = condition_map.slot("source")
+    fixed = [key for key in keys if key not in drawn]
+    for shared in (fixed, [source.key] if source else [], []):
+        matches = (combinations[shared] == labels.loc[0, shared]).all(axis=1).to_numpy()
+        if matches.any():
+            break
+    picks = rng.choice(np.flatnonzero(matches), size=n_cells, p=weights[matches] / weights[matches].sum())
+    labels[drawn] = combinations.loc[picks, drawn].to_numpy()
+    return labels
+
+
 def condition_labels(
     condition_map: ConditionMap, n_cells: int, requested: dict[str, str] | None, seed: int
 ) -> pd.DataFrame:
@@ -168,15 +195,6 @@ def condition_labels(
         picks = rng.choice(len(weights), size=n_cells, p=weights / weights.sum())
         return combinations.iloc[picks].reset_index(drop=True)
     # Slots such as the depth bin are drawn, with the requested labels, in training proportions.
-    row = condition_map.resolve(requested, optional=DRAWN_SLOTS)
-    drawn = [key for key, label in zip(keys, row) if label is None]
-    labels = pd.DataFrame([row] * n_cells, columns=keys)
-    if drawn:
-        fixed = [key for key in keys if key not in drawn]
-        matches = (combinations[fixed] == labels.loc[0, fixed]).all(axis=1).to_numpy()
-        if not matches.any():  # a combination never seen in training: the drawn slots' marginals
-            matches[:] = True
-        picks = rng.choice(np.flatnonzero(matches), size=n_cells, p=weights[matches] / weights[matches].sum())
-        labels[drawn] = combinations.loc[picks, drawn].to_numpy()
+    labels = draw_slots(condition_map, condition_map.resolve(requested, optional=DRAWN_SLOTS), n_cells, rng)
     condition_map.encode_labels(labels.iloc[0].tolist())  # unknown labels fail here, before any generation
     return labels

@@ -20,7 +20,7 @@ import torch
 from lingshu.data.conditions import ConditionMap
 from lingshu.data.prior import BiologicalPrior
 from lingshu.data.tokenizer import encode_counts
-from lingshu.inference.generate import encode_rows, provenance, sample_counts
+from lingshu.inference.generate import DRAWN_SLOTS, draw_slots, encode_rows, provenance, sample_counts
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
 
 # Paper defaults: w = 2 for genetic, 3 for cytokine perturbations.
@@ -85,9 +85,21 @@ def _labels(condition_map: ConditionMap, request: Request, unseen_as_control: bo
         requested["source"] = request.context
     elif request.context is not None:
         raise ValueError("this checkpoint has no context condition; drop --context")
-    labels = condition_map.resolve(requested)
-    condition_map.encode_labels(labels)  # unknown names fail here, before anything is generated
+    labels = condition_map.resolve(requested, optional=DRAWN_SLOTS)
+    # Unknown names fail here, before anything is generated.
+    condition_map.encode_labels(
+        draw_slots(condition_map, labels, 1, np.random.default_rng(0)).iloc[0].tolist()
+    )
     return labels
+
+
+def _given_tokens(condition_map: ConditionMap, labels: list[str | None]) -> tuple[int, ...]:
+    """The condition tokens of a row's given slots (the drawn ones, such as the depth bin, left
+    out): a request counts as seen in training when a training combination has the same."""
+    given = [slot.name not in DRAWN_SLOTS for slot in condition_map.slots]
+    filled = [lab if lab is not None else s.labels[0] for lab, s in zip(labels, condition_map.slots)]
+    keep = np.repeat(given, condition_map.widths)
+    return tuple(np.asarray(condition_map.encode_labels(filled))[keep].tolist())
 
 
 def predict(
@@ -131,18 +143,18 @@ def predict(
     gene_index = {gene: i for i, gene in enumerate(source.vocabulary.genes)}
     prior = BiologicalPrior.from_dict(source.prior)
     prior_token = int(encode_counts(np.array([PRIOR_COUNT]))[0])
-    seen = {tuple(condition_map.encode_labels(c)) for c in condition_map.combinations}
-    keys = [s.key for s in condition_map.slots]
+    seen = {_given_tokens(condition_map, c) for c in condition_map.combinations}
     matrices, frames, records = [], [], {}
     for number, (request, labels) in enumerate(zip(requests, all_labels)):
         conditioned_on = labels[condition_map.slots.index(slot)]
-        # obs shows what was asked for; the condition tokens come from ``labels``.
-        shown = [request.perturbation if s is slot else lab for s, lab in zip(condition_map.slots, labels)]
-        frame = pd.DataFrame(
-            [shown] * request.n_cells,
-            columns=keys,
-            index=[f"predicted_{number}_{i}" for i in range(request.n_cells)],
+        cell_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+        # Each cell's drawn slots (its depth bin); the condition tokens come from ``cell_labels``.
+        cell_labels = draw_slots(
+            condition_map, labels, request.n_cells, np.random.default_rng([cell_seed, 0xDE])
         )
+        # obs shows what was asked for.
+        frame = cell_labels.assign(**{slot.key: request.perturbation})
+        frame.index = [f"predicted_{number}_{i}" for i in range(request.n_cells)]
         prefill, chosen = None, []
         if use_prior and request.perturbation != slot.control_label:
             chosen = [
@@ -157,14 +169,12 @@ def predict(
                 model,
                 request.n_cells,
                 n_steps,
-                int(np.random.SeedSequence([seed, number]).generate_state(1)[0]),
+                cell_seed,
                 batch_size,
                 device,
                 progress,
-                encode_rows(condition_map, pd.DataFrame([labels])).expand(request.n_cells, -1),
-                encode_rows(condition_map, pd.DataFrame([labels]), as_control=True).expand(
-                    request.n_cells, -1
-                ),
+                encode_rows(condition_map, cell_labels),
+                encode_rows(condition_map, cell_labels, as_control=True),
                 guidance,
                 prefill,
                 desc=f"predicting {request.perturbation}"
@@ -178,7 +188,7 @@ def predict(
             "perturbation": request.perturbation,
             "n_cells": request.n_cells,
             "seen_in_training": slot.parts(conditioned_on) == slot.parts(request.perturbation)
-            and tuple(condition_map.encode_labels(labels)) in seen,
+            and _given_tokens(condition_map, labels) in seen,
             "conditioned_on": conditioned_on,
             "prior_genes": np.array(chosen, dtype=object),
         }

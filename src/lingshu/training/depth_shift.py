@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from lingshu.data.loader import AlignedCounts
-from lingshu.data.tokenizer import encode_counts
 from lingshu.model.tilt import tilt_offsets, token_values
 from lingshu.training.perturbation_shift import calibrate_tilts
 
@@ -54,24 +52,6 @@ def calibrate_depth_tilts(bases: list[np.ndarray], log_folds: np.ndarray, table:
     )
 
 
-def bin_token_counts(
-    data: AlignedCounts, groups: np.ndarray, n_groups: int, width: int, chunk_size: int = 1024
-) -> np.ndarray:
-    """Token counts (n_groups, G, width + 1) of each group's cells (-1 = in no group): column k
-    counts token k for k < ``width``, the last column every token >= ``width`` (the tail)."""
-    n_genes = len(data.observed)
-    counts = np.zeros((n_groups, n_genes * (width + 1)), dtype=np.int64)
-    stride = (width + 1) * np.arange(n_genes)
-    for start in range(0, data.n_cells, chunk_size):
-        rows = np.arange(start, min(start + chunk_size, data.n_cells))
-        tokens = np.minimum(encode_counts(data.rows(rows)), width)
-        for group in np.unique(groups[rows]):
-            if group >= 0:
-                flat = (tokens[groups[rows] == group] + stride).ravel()
-                counts[group] += np.bincount(flat, minlength=counts.shape[1])
-    return counts.reshape(n_groups, n_genes, width + 1)
-
-
 def truncate_probabilities(probabilities: np.ndarray, width: int) -> np.ndarray:
     """(..., 281) token probabilities as (..., width + 1): the first ``width`` and the tail's sum."""
     return np.concatenate([probabilities[..., :width], probabilities[..., width:].sum(-1, keepdims=True)], -1)
@@ -94,7 +74,7 @@ def depth_residuals(tilted: np.ndarray, counts: np.ndarray, shrinkage: float) ->
     """Log-ratio offsets (..., G, width + 1) of each bin's own token frequencies to its tilted prior.
 
     ``tilted`` (..., G, width + 1) is the bin's tilted context distribution and ``counts`` the
-    bin's token counts, both truncated (:func:`truncate_probabilities`, :func:`bin_token_counts`).
+    bin's token counts, both truncated (:func:`truncate_probabilities`, ``token_counts(..., width)``).
     The bin's frequencies are shrunk towards the tilted distribution by ``shrinkage`` pseudo-cells,
     so a bin of a few cells stays near the tilt; a bin without cells gets zeros.
     """

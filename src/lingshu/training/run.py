@@ -18,7 +18,7 @@ from lingshu.data.conditions import ConditionMap, cap_controls
 from lingshu.data.depth import DEPTH_KEY, DEPTH_SLOT, library_sizes, with_depth_column
 from lingshu.data.loader import AlignedCounts
 from lingshu.data.prior import find_prior
-from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, encode_counts
+from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
 from lingshu.model.transformer import MaskPredictor
@@ -26,13 +26,13 @@ from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lingshu.training.depth_shift import (
     DEPTH_SHRINKAGE,
-    bin_token_counts,
     calibrate_depth_tilts,
     depth_log_folds,
     depth_residuals,
     tilted_distributions,
 )
 from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
+from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
 
 
@@ -57,29 +57,12 @@ MAX_TILT_ENTRIES = 2**26
 
 def token_frequencies(data: AlignedCounts, chunk_size: int = 1024) -> torch.Tensor:
     """Per-gene token frequencies (G, 281) over all cells; unobserved genes get the pooled average."""
-    frequencies = token_counts(data, np.zeros(data.n_cells, dtype=np.int64), 1, chunk_size)[0].double()
+    frequencies = token_counts(data, np.zeros(data.n_cells, dtype=np.int64), 1, chunk_size=chunk_size)[
+        0
+    ].double()
     frequencies /= frequencies.sum(1, keepdim=True)
     frequencies[~torch.from_numpy(data.observed)] = frequencies[torch.from_numpy(data.observed)].mean(0)
     return frequencies.float()
-
-
-def token_counts(
-    data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_size: int = 1024
-) -> torch.Tensor:
-    """Token counts (n_groups, G, 281) per group of cells (``groups``: one index per cell)."""
-    n_genes = len(data.observed)
-    totals = np.zeros((n_groups, n_genes * N_EXPRESSION_TOKENS), dtype=np.int32)
-    offsets = np.arange(n_genes, dtype=np.int64) * N_EXPRESSION_TOKENS
-    groups = np.asarray(groups)
-    for start in range(0, data.n_cells, chunk_size):
-        rows = np.arange(start, min(start + chunk_size, data.n_cells))
-        tokens = encode_counts(data.rows(rows)) + offsets
-        for group in np.unique(groups[rows]):
-            picked = tokens[groups[rows] == group].ravel()
-            totals[group] += np.bincount(picked, minlength=totals.shape[1]).astype(np.int32)
-    counts = totals.reshape(n_groups, n_genes, N_EXPRESSION_TOKENS)
-    counts[:, ~data.observed] = 0
-    return torch.from_numpy(counts)
 
 
 def context_token_counts(
@@ -153,7 +136,9 @@ def init_priors(
         tilts = np.stack([calibrate_tilts(b, f, table) for b, f in zip(bases, folds)])
         model.init_perturbation_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
     if model.config.has_depth_prior:
-        init_depth_prior(model, conditions, data, base, obs if obs is not None else adata.obs)
+        # Measured on the controls too: each context's bins then hold its baseline at each depth.
+        at_depth = data if controls is None else AlignedCounts(adata, alignment, cells=controls)
+        init_depth_prior(model, conditions, at_depth, base, obs if obs is not None else adata.obs)
 
 
 def init_depth_prior(
@@ -175,7 +160,8 @@ def init_depth_prior(
     model.init_depth_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
     if config.has_depth_tables:
         width = config.depth_table_width
-        counts = bin_token_counts(data, contexts * n_bins + bins, config.depth_contexts * n_bins, width)
+        groups = contexts * n_bins + bins
+        counts = token_counts(data, groups, config.depth_contexts * n_bins, width=width).numpy()
         tilted = np.stack([tilted_distributions(b, t, table, width) for b, t in zip(bases, tilts)])
         residuals = depth_residuals(tilted, counts.reshape(tilted.shape), DEPTH_SHRINKAGE)
         model.init_depth_residual(torch.from_numpy(residuals))
@@ -335,10 +321,6 @@ def _train(
         chosen = get_preset(preset)
         vocabulary = vocabulary or GeneVocabulary.from_adata(adata, min_cells=min_cells)
         keys = dict(condition_keys or {})
-        if depth_bins and "perturbation" in keys:
-            raise ValueError(
-                "depth bins are for generation models; leave them out with a perturbation condition"
-            )
         alignment = vocabulary.align(adata)
         obs = observations(adata, alignment, depth_bins, keys.get("source"))
         if depth_bins:
