@@ -57,9 +57,8 @@ MAX_TILT_ENTRIES = 2**26
 
 def token_frequencies(data: AlignedCounts, chunk_size: int = 1024) -> torch.Tensor:
     """Per-gene token frequencies (G, 281) over all cells; unobserved genes get the pooled average."""
-    frequencies = token_counts(data, np.zeros(data.n_cells, dtype=np.int64), 1, chunk_size=chunk_size)[
-        0
-    ].double()
+    counts = token_counts(data, np.zeros(data.n_cells, dtype=np.int64), 1, chunk_size=chunk_size)
+    frequencies = counts[0].double()
     frequencies /= frequencies.sum(1, keepdim=True)
     frequencies[~torch.from_numpy(data.observed)] = frequencies[torch.from_numpy(data.observed)].mean(0)
     return frequencies.float()
