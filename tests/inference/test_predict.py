@@ -15,16 +15,22 @@ def checkpoint(tmp_path_factory):
     from tests.conftest import make_perturbation_adata
 
     out = tmp_path_factory.mktemp("pert") / "ckpt"
+    _train_perturbation_model(make_perturbation_adata(), out, max_steps=4, batch_size=16)
+    return out
+
+
+def _train_perturbation_model(adata, out, max_steps: int, batch_size: int, depth_bins: int = 0) -> None:
+    """A tiny model conditioned on the cell line and the perturbation (control label 'control')."""
     train(
-        make_perturbation_adata(),
+        adata,
         out,
         preset="tiny",
-        train_overrides={"max_steps": 4, "batch_size": 16},
+        train_overrides={"max_steps": max_steps, "batch_size": batch_size},
         progress=False,
         condition_keys={"source": "cell_line", "perturbation": "perturbation"},
         control_label="control",
+        depth_bins=depth_bins,
     )
-    return out
 
 
 def test_checkpoint_keeps_label_maps_capped_controls_and_the_prior(checkpoint):
@@ -121,16 +127,7 @@ def test_a_depth_model_predicts_each_cell_at_a_drawn_depth(tmp_path):
     adata = make_perturbation_adata(n_per_group=40)
     adata = adata[(adata.obs["perturbation"] != "KO1+KO2").to_numpy()].copy()
     out = tmp_path / "ckpt"
-    train(
-        adata,
-        out,
-        preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
-        progress=False,
-        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
-        control_label="control",
-        depth_bins=2,
-    )
+    _train_perturbation_model(adata, out, max_steps=1, batch_size=8, depth_bins=2)
     cells = predict(
         out, [Request("ctxA", "control", 300), Request("ctxB", "KO1+KO2", 20)], n_steps=2, progress=False
     )

@@ -86,10 +86,7 @@ def _labels(condition_map: ConditionMap, request: Request, unseen_as_control: bo
     elif request.context is not None:
         raise ValueError("this checkpoint has no context condition; drop --context")
     labels = condition_map.resolve(requested, optional=DRAWN_SLOTS)
-    # Unknown names fail here, before anything is generated.
-    condition_map.encode_labels(
-        draw_slots(condition_map, labels, 1, np.random.default_rng(0)).iloc[0].tolist()
-    )
+    _given_tokens(condition_map, labels)  # unknown names fail here, before anything is generated
     return labels
 
 

@@ -217,10 +217,17 @@ class MaskPredictor(nn.Module):
                 context = self._source_index(conditions)[:, None].expand_as(rows)
             total = total + (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
         if c.has_depth_prior:
-            bins = conditions[:, c.depth_column] - c.depth_offset
-            context = self._source_index(conditions) if c.depth_contexts > 1 else torch.zeros_like(bins)
+            context, bins = self._depth_cell(conditions)
             total = total + self.depth_tilt[context, bins]
         return total
+
+    def _depth_cell(self, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's (depth context, depth bin): its source label's index (0 when the depth
+        prior is pooled over contexts) and its bin's index."""
+        bins = conditions[:, self.config.depth_column] - self.config.depth_offset
+        if self.config.depth_contexts == 1:
+            return torch.zeros_like(bins), bins
+        return self._source_index(conditions), bins
 
     @torch.no_grad()
     def init_perturbation_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
@@ -233,13 +240,10 @@ class MaskPredictor(nn.Module):
 
     def depth_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's (context, depth bin) row of the depth residual table, or None without one."""
-        c = self.config
-        if not c.has_depth_tables or conditions is None:
+        if not self.config.has_depth_tables or conditions is None:
             return None
-        bins = conditions[:, c.depth_column] - c.depth_offset
-        if c.depth_contexts == 1:
-            return bins
-        return self._source_index(conditions) * c.depth_bins + bins
+        context, bins = self._depth_cell(conditions)
+        return context * self.config.depth_bins + bins
 
     def add_depth_residual(
         self, logits: torch.Tensor, rows: torch.Tensor, genes: torch.Tensor
