@@ -78,6 +78,7 @@ class ModelConfig:
     depth_offset: int = 0
     depth_contexts: int = 1
     depth_table_width: int = 32
+    poisson_tail: bool = False
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0
@@ -97,6 +98,11 @@ class ModelConfig:
     @property
     def has_depth_tables(self) -> bool:
         return self.has_depth_prior and self.depth_table_width > 0
+
+    @property
+    def has_poisson_tail(self) -> bool:
+        """Whether raising tilts continue each gene's distribution past its highest count."""
+        return self.poisson_tail and self.has_tilts
 
     @property
     def has_tilts(self) -> bool:

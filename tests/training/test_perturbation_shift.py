@@ -10,9 +10,9 @@ from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, decode_tokens
 from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.inference.predict import Request, predict
-from lingshu.model.tilt import tilt_offsets, token_values
+from lingshu.model.tilt import poisson_tail, tilt_offsets, token_values
 from lingshu.training.checkpoint import load_checkpoint
-from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
+from lingshu.training.perturbation_shift import PSEUDO_COUNT, calibrate_tilts, log_fold_changes, tilt_table
 from lingshu.training.run import train
 from tests.conftest import make_perturbation_adata
 
@@ -102,3 +102,20 @@ def test_a_perturbation_models_token_prior_stays_the_control_baseline(tmp_path):
         states.append(load_checkpoint(tmp_path / f"ckpt{steps}").model_state)
     assert torch.equal(states[0]["token_prior"], states[1]["token_prior"])
     assert not torch.equal(states[0]["head.weight"], states[1]["head.weight"])
+
+
+@pytest.mark.parametrize("perturbed_mean", [6.0, 0.02])
+def test_a_fold_measured_with_a_pseudo_count_gives_back_the_perturbed_mean(perturbed_mean):
+    """A fold (m_p + c) / (m_ctrl + c) applied to its own controls returns m_p, also for a gene
+    rising from almost nothing (which a plain fold would leave near zero)."""
+    base = np.zeros((1, N_EXPRESSION_TOKENS))
+    base[0, :3] = [0.96, 0.039, 0.001]
+    values = token_values()
+    table = np.broadcast_to(values, base.shape).copy()
+    tail = poisson_tail(base)
+    control_mean = float(base[0] @ values)
+    fold = np.log((perturbed_mean + PSEUDO_COUNT) / (control_mean + PSEUDO_COUNT))
+    tilts = calibrate_tilts(base, np.array([[fold]]), table, pseudo_count=PSEUDO_COUNT, tail=tail)
+    logits = np.log(np.clip(base[0], 1e-9, None)) + tilt_offsets(tilts[0, 0], table[0], values, tail[0])
+    tilted = np.exp(logits - logits.max())
+    assert (tilted / tilted.sum()) @ values == pytest.approx(perturbed_mean, rel=1e-3)

@@ -146,6 +146,11 @@ class MaskPredictor(nn.Module):
             else None,
         )
         self.register_buffer("tilt_table", torch.zeros(g, N_EXPRESSION_TOKENS) if config.has_tilts else None)
+        # What a raising tilt adds past each gene's highest count (see lingshu.model.tilt.poisson_tail).
+        self.register_buffer(
+            "tilt_tail",
+            torch.zeros(g, N_EXPRESSION_TOKENS) if config.has_poisson_tail else None,
+        )
         self.register_buffer("token_values", torch.from_numpy(token_values()).float(), persistent=False)
         self.gradient_checkpointing = False
         self._init_weights()
@@ -275,7 +280,15 @@ class MaskPredictor(nn.Module):
 
     def tilt_offsets(self, tilts: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
         """Logit offsets (..., 281) of tilts (...) of the given genes (same trailing shape)."""
-        return tilt_offsets(tilts[..., None], self.tilt_table[genes], self.token_values)
+        tail = None if self.tilt_tail is None else self.tilt_tail[genes]
+        return tilt_offsets(tilts[..., None], self.tilt_table[genes], self.token_values, tail)
+
+    @torch.no_grad()
+    def init_tilt_tail(self, tail: torch.Tensor) -> None:
+        """Set what a raising tilt adds past each gene's highest count (G, 281)."""
+        if not self.config.has_poisson_tail:
+            raise ValueError("this model has no Poisson tail (poisson_tail=False or no tilts)")
+        self.tilt_tail.copy_(tail.to(self.tilt_tail.dtype))
 
     def context_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's context (source label) row of the context prior, or None without one."""

@@ -41,12 +41,15 @@ def depth_log_folds(
     return folds
 
 
-def calibrate_depth_tilts(bases: list[np.ndarray], log_folds: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Tilts (n_contexts, n_bins, G): context c's base (G, 281) tilted to each bin's fold."""
+def calibrate_depth_tilts(
+    bases: list[np.ndarray], log_folds: np.ndarray, table: np.ndarray, tail: np.ndarray | None = None
+) -> np.ndarray:
+    """Tilts (n_contexts, n_bins, G): context c's base (G, 281) tilted to each bin's fold
+    (``table`` and ``tail`` as in :func:`~lingshu.training.perturbation_shift.calibrate_tilts`)."""
     n_genes = table.shape[0]
     return np.stack(
         [
-            calibrate_tilts(base, np.repeat(folds[:, None], n_genes, axis=1), table)
+            calibrate_tilts(base, np.repeat(folds[:, None], n_genes, axis=1), table, tail=tail)
             for base, folds in zip(bases, log_folds)
         ]
     )
@@ -57,14 +60,16 @@ def truncate_probabilities(probabilities: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([probabilities[..., :width], probabilities[..., width:].sum(-1, keepdims=True)], -1)
 
 
-def tilted_distributions(base: np.ndarray, tilts: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
+def tilted_distributions(
+    base: np.ndarray, tilts: np.ndarray, table: np.ndarray, width: int, tail: np.ndarray | None = None
+) -> np.ndarray:
     """Truncated token distributions (n_bins, G, width + 1) of ``base`` (G, 281) under each
     bin's tilts (n_bins, G), as the model's logits form them."""
     log_base = np.log(np.clip(base, 1e-9, None))
     values = token_values()
     result = []
     for bin_tilts in tilts:
-        logits = log_base + tilt_offsets(bin_tilts[:, None], table, values)
+        logits = log_base + tilt_offsets(bin_tilts[:, None], table, values, tail)
         weights = np.exp(logits - logits.max(-1, keepdims=True))
         result.append(truncate_probabilities(weights / weights.sum(-1, keepdims=True), width))
     return np.stack(result)

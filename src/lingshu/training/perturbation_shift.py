@@ -92,13 +92,24 @@ def log_fold_changes(
 
 
 def calibrate_tilts(
-    base: np.ndarray, log_folds: np.ndarray, table: np.ndarray, iterations: int = 32
+    base: np.ndarray,
+    log_folds: np.ndarray,
+    table: np.ndarray,
+    iterations: int = 32,
+    pseudo_count: float = 0.0,
+    tail: np.ndarray | None = None,
 ) -> np.ndarray:
     """Tilts theta (P, G) so that base(k) * exp(theta * table[g, k]) has its mean fold-changed.
 
+    The fold applies as it was measured: with ``pseudo_count`` c the wanted mean is
+    (mean + c) * fold - c (floored at 1% of the base mean), so a fold measured as
+    (m_p + c) / (m_ctrl + c) gives back m_p in its own context, and a gene rising from almost
+    nothing rises by the measured amount rather than by a multiple of almost nothing.
+
     ``base`` (G, 281) are the control token probabilities (as the model's token prior floors
     them), ``log_folds`` (P, G) the wanted log fold changes of the mean, ``table`` from
-    :func:`tilt_table`. The tilted mean rises monotonically with theta, so bisection on
+    :func:`tilt_table` (and ``tail``, what a raise adds past the highest count, from
+    :func:`lingshu.model.tilt.poisson_tail`). The tilted mean rises monotonically with theta, so bisection on
     [-MAX_TILT, MAX_TILT] finds it (32 halvings: theta to ~1e-8); genes with no control counts,
     or no change, keep theta = 0. Tokens above a gene's highest non-negligible one are left out
     of its sums (floored at 1e-9 and never raised, they barely move its mean), which makes sparse genes cheap.
@@ -116,11 +127,14 @@ def calibrate_tilts(
             continue
         p, g = chunk[:, 0], chunk[:, 1]
         width = int(widths[g].max())
-        target = base_mean[g] * np.exp(log_folds[p, g])
+        target = (base_mean[g] + pseudo_count) * np.exp(log_folds[p, g]) - pseudo_count
+        target = np.maximum(target, 0.01 * base_mean[g])
         low, high = np.full(len(g), -MAX_TILT), np.full(len(g), MAX_TILT)
         for _ in range(iterations):
             middle = (low + high) / 2
-            logits = log_base[g, :width] + tilt_offsets(middle[:, None], table[g, :width], values[:width])
+            raised = None if tail is None else tail[g, :width]
+            offsets = tilt_offsets(middle[:, None], table[g, :width], values[:width], raised)
+            logits = log_base[g, :width] + offsets
             weights = np.exp(logits - logits.max(1, keepdims=True))
             mean = (weights @ values[:width]) / weights.sum(1)
             below = mean < target

@@ -21,6 +21,7 @@ from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
+from lingshu.model.tilt import poisson_tail, token_values
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -31,7 +32,7 @@ from lingshu.training.depth_shift import (
     depth_residuals,
     tilted_distributions,
 )
-from lingshu.training.perturbation_shift import calibrate_tilts, log_fold_changes, tilt_table
+from lingshu.training.perturbation_shift import PSEUDO_COUNT, calibrate_tilts, log_fold_changes, tilt_table
 from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
 
@@ -129,15 +130,29 @@ def init_priors(
             source.key if source else None,
             source.labels if per_context else None,
         )
-        table = tilt_table(base.numpy())  # raising tilts stay within the counts controls show
+        table, tail = init_raising_rule(model, base)
         # Each context's tilts are calibrated against the base the model starts from there.
         bases = context_bases(model, base, len(folds))
-        tilts = np.stack([calibrate_tilts(b, f, table) for b, f in zip(bases, folds)])
+        tilts = np.stack(
+            [calibrate_tilts(b, f, table, pseudo_count=PSEUDO_COUNT, tail=tail) for b, f in zip(bases, folds)]
+        )
         model.init_perturbation_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
     if model.config.has_depth_prior:
         # Measured on the controls too: each context's bins then hold its baseline at each depth.
         at_depth = data if controls is None else AlignedCounts(adata, alignment, cells=controls)
         init_depth_prior(model, conditions, at_depth, base, obs if obs is not None else adata.obs)
+
+
+def init_raising_rule(model: MaskPredictor, base: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a raising tilt multiplies (G, 281) and adds past each gene's highest count (None
+    without a Poisson tail), the latter also set in the model. Without a tail a raise reaches
+    only the counts ``base`` shows; with one, every count."""
+    frequencies = base.numpy()
+    if not model.config.has_poisson_tail:
+        return tilt_table(frequencies), None
+    tail = poisson_tail(frequencies)
+    model.init_tilt_tail(torch.from_numpy(tail))
+    return np.broadcast_to(token_values(), frequencies.shape).copy(), tail
 
 
 def init_depth_prior(
@@ -153,15 +168,15 @@ def init_depth_prior(
     if config.depth_contexts > 1:
         contexts = encoded[:, config.context_column] - config.context_offset
     folds = depth_log_folds(library_sizes(data), bins, contexts, config.depth_contexts, n_bins)
-    table = tilt_table(base.numpy())  # raising tilts stay within the counts the data show
+    table, tail = init_raising_rule(model, base)
     bases = context_bases(model, base, config.depth_contexts)
-    tilts = calibrate_depth_tilts(bases, folds, table)
+    tilts = calibrate_depth_tilts(bases, folds, table, tail)
     model.init_depth_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
     if config.has_depth_tables:
         width = config.depth_table_width
         groups = contexts * n_bins + bins
         counts = token_counts(data, groups, config.depth_contexts * n_bins, width=width).numpy()
-        tilted = np.stack([tilted_distributions(b, t, table, width) for b, t in zip(bases, tilts)])
+        tilted = np.stack([tilted_distributions(b, t, table, width, tail) for b, t in zip(bases, tilts)])
         residuals = depth_residuals(tilted, counts.reshape(tilted.shape), DEPTH_SHRINKAGE)
         model.init_depth_residual(torch.from_numpy(residuals))
 
@@ -339,6 +354,8 @@ def _train(
         per_context_tilts = (
             n_contexts > 1 and n_contexts * n_perturbations * len(vocabulary) <= MAX_TILT_ENTRIES
         )
+        # A perturbation can raise a gene far past what its controls show (a cytokine's response).
+        overrides.setdefault("poisson_tail", n_perturbations > 0)
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),

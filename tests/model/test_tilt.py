@@ -1,0 +1,42 @@
+"""Exponential tilts by count and the Poisson continuation a raising tilt reaches into."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
+from lingshu.model.tilt import TOKEN_FLOOR, poisson_tail, tilt_offsets, token_values
+
+
+def _tilted(frequencies: np.ndarray, theta: float, tail: np.ndarray | None) -> np.ndarray:
+    """One gene's floored frequencies raised by theta: over every count with the continuation
+    ``tail``, else over the counts the frequencies show (the rule without a continuation)."""
+    values = token_values()
+    table = values if tail is not None else np.where(frequencies > 0, values, 0.0)
+    logits = np.log(np.clip(frequencies, TOKEN_FLOOR, None)) + tilt_offsets(theta, table, values, tail)
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+def test_the_continuation_is_zero_up_to_the_highest_count_and_decays_past_it():
+    frequencies = np.zeros((2, N_EXPRESSION_TOKENS))
+    frequencies[0, :3] = [0.96, 0.039, 0.001]
+    frequencies[1, :5] = [0.1, 0.2, 0.3, 0.3, 0.1]
+    tail = poisson_tail(frequencies)
+    assert not tail[0, :3].any() and not tail[1, :5].any()
+    assert (np.diff(tail[0, 3:]) < 0).all() and (np.diff(tail[1, 5:]) < 0).all()
+    assert not poisson_tail(np.zeros((1, N_EXPRESSION_TOKENS))).any()  # a gene never seen
+
+
+def test_a_gene_rising_from_almost_nothing_rises_as_a_poisson_bump_not_a_pile_at_its_highest_count():
+    frequencies = np.zeros(N_EXPRESSION_TOKENS)
+    frequencies[:3] = [0.96, 0.039, 0.001]  # mean 0.041, never above 2 in the controls
+    mean = frequencies @ token_values()
+    theta = np.log(5.0 / mean)  # a Poisson(0.041) tilted so becomes Poisson(5)
+    raised = _tilted(frequencies, theta, poisson_tail(frequencies[None])[0])
+    assert raised @ token_values() == pytest.approx(5.0, rel=0.15)
+    poisson = stats.poisson(raised @ token_values()).pmf(np.arange(N_EXPRESSION_TOKENS))
+    assert 0.5 * np.abs(raised - poisson).sum() < 0.1
+    # Without the continuation the same raise piles most cells on count 2 (the knife-edge).
+    piled = _tilted(frequencies, theta, None)
+    assert piled[2] > 0.5 and raised[2] < 0.2
