@@ -33,7 +33,7 @@ class ModelConfig:
     ``context_column``/``context_offset``/``n_contexts`` locate the source slot among the
     encoded conditions and its labels among the condition tokens (set from the data).
     ``perturbation_prior`` tilts each gene's token distribution by its perturbation's mean fold
-    change against control in the training data (``logit += theta * log1p(count)``; the parts of
+    change against control in the training data (``logit += theta * count``; the parts of
     a combination add), so a model starts at the additive-shift answer and the network learns the
     rest; ``perturbation_column``/``perturbation_width``/``perturbation_offset``/
     ``n_perturbation_labels`` locate the perturbation slot (set from the data).
@@ -48,6 +48,9 @@ class ModelConfig:
     the tokens below that width and the tail above it, so each bin starts from its own marginal
     (see ``lingshu.training.depth_shift``); 0 keeps the tilt alone.
     ``depth_column``/``depth_offset``/``depth_contexts`` locate the depth slot (set from the data).
+    ``poisson_tail`` lets raising tilts reach past each gene's highest count through a Poisson
+    continuation (see ``lingshu.model.tilt.poisson_tail``); training turns it on for every model
+    with a perturbation condition (off by default so that older checkpoints load as they were).
     """
 
     n_genes: int = 0

@@ -5,11 +5,12 @@ gene's mean count against the control cells of the same context, averaged over c
 scale, weighted by cells). The model applies it as an exponential tilt of the token distribution,
 ``logit[k] += theta_g * count_k`` (the natural parameter of a Poisson or negative binomial: a
 Poisson(mu) tilted so becomes Poisson(mu * e^theta)), with theta calibrated so that the tilted
-control distribution has the fold-changed mean. A raising tilt (theta > 0) only lifts counts the
-control cells show for the gene: an empirical distribution gives unseen counts a tiny floor, and
-a linear tilt of that floor jumps from nothing to all the mass (knife-edge), so a large raise
-saturates at the controls' highest counts and the network learns the rest. A lowering tilt acts
-on every count, so the mass always moves towards zero (even where controls never showed a zero).
+control distribution has the fold-changed mean. An empirical distribution gives unseen counts a
+tiny floor, and a linear tilt of that floor jumps from nothing to all the mass (knife-edge), so a
+raising tilt (theta > 0) lifts the counts the control cells show for the gene and, with a Poisson
+continuation (:func:`lingshu.model.tilt.poisson_tail`), the counts above them; without one a
+large raise saturates at the controls' highest count. A lowering tilt acts on every count, so the
+mass always moves towards zero (even where controls never showed a zero).
 Tilts of the parts of a combination add up, so an unseen
 double A+B starts from the product of its singles' fold changes: the additive-shift answer, on
 top of which the network learns what the data say beyond it.
