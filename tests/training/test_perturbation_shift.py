@@ -1,7 +1,10 @@
 """The perturbation shift prior: fold changes from the data, tilts that reproduce them."""
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy import stats
 
@@ -12,7 +15,15 @@ from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.inference.predict import Request, predict
 from lingshu.model.tilt import poisson_tail, tilt_offsets, token_values
 from lingshu.training.checkpoint import load_checkpoint
-from lingshu.training.perturbation_shift import PSEUDO_COUNT, calibrate_tilts, log_fold_changes, tilt_table
+from lingshu.training.perturbation_shift import (
+    BANDWIDTHS,
+    PSEUDO_COUNT,
+    calibrate_tilts,
+    choose_bandwidth,
+    log_fold_changes,
+    tilt_table,
+    transfer_weights,
+)
 from lingshu.training.run import train
 from tests.conftest import make_perturbation_adata
 
@@ -119,3 +130,63 @@ def test_a_fold_measured_with_a_pseudo_count_gives_back_the_perturbed_mean(pertu
     logits = np.log(np.clip(base[0], 1e-9, None)) + tilt_offsets(tilts[0, 0], table[0], values, tail[0])
     tilted = np.exp(logits - logits.max())
     assert (tilted / tilted.sum()) @ values == pytest.approx(perturbed_mean, rel=1e-3)
+
+
+def _two_lineages_adata(n_cells: int = 40, seed: int = 0) -> ad.AnnData:
+    """Five contexts of two lineages: L1-L3 share a baseline and respond to 'stim' by raising
+    genes 0-9, M1-M2 share another baseline and raise genes 10-19; L3 has no stimulated cells."""
+    rng = np.random.default_rng(seed)
+    n_genes = 60
+    lineage_base = {"L": rng.gamma(2.0, 2.0, n_genes), "M": rng.gamma(2.0, 2.0, n_genes)}
+    rows, labels = [], []
+    for context in ("L1", "L2", "L3", "M1", "M2"):
+        base = lineage_base[context[0]]
+        for label in ("control", "stim") if context != "L3" else ("control",):
+            mean = base.copy()
+            if label == "stim":
+                mean[: 10 if context[0] == "L" else 20][-10:] *= 8.0
+            rows.append(rng.poisson(np.tile(mean, (n_cells, 1))))
+            labels += [(context, label)] * n_cells
+    obs = pd.DataFrame(labels, columns=["cell_type", "condition"])
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    var = pd.DataFrame(index=[f"G{j}" for j in range(n_genes)])
+    return ad.AnnData(X=sp.csr_matrix(np.vstack(rows).astype(np.int32)), obs=obs, var=var)
+
+
+def test_an_unseen_pair_takes_the_fold_changes_of_contexts_whose_controls_resemble_its_own():
+    adata = _two_lineages_adata()
+    conditions = ConditionMap.from_obs(
+        adata.obs, {"source": "cell_type", "perturbation": "condition"}, control_label="control"
+    )
+    slot, contexts = conditions.slot("perturbation"), conditions.slot("source").labels
+    vocabulary = GeneVocabulary.from_adata(adata)
+    data = AlignedCounts(adata, vocabulary.align(adata))
+    folds = log_fold_changes(data, adata.obs, slot, "cell_type", contexts)
+    pooled = log_fold_changes(data, adata.obs, slot, "cell_type")[0, slot.labels.index("stim")]
+    l3 = folds[contexts.index("L3"), slot.labels.index("stim")]
+    # L3's lineage raises genes 0-9 eight-fold and leaves 10-19; plain pooling halves both.
+    assert l3[:10].mean() > 1.6 and abs(l3[10:20].mean()) < 0.4
+    assert 0.6 < pooled[:10].mean() < 1.4 and 0.6 < pooled[10:20].mean() < 1.4
+    # Seen pairs keep their own fold changes.
+    m1 = folds[contexts.index("M1"), slot.labels.index("stim")]
+    assert m1[10:20].mean() > 1.6 and abs(m1[:10].mean()) < 0.4
+
+
+def test_leaving_one_context_out_picks_a_narrow_bandwidth_only_where_similarity_helps():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=50)
+    similarity = np.array(
+        [[1.0, 0.99, 0.5, 0.5], [0.99, 1.0, 0.5, 0.5], [0.5, 0.5, 1.0, 0.6], [0.5, 0.5, 0.6, 1.0]]
+    )
+    sizes = np.array([[10.0, 10.0, 200.0, 200.0]])
+    # One response everywhere, measured with noise shrinking with the context's cells: the
+    # similar pair (0, 1) are the noisy small ones, so weighting by similarity only adds noise.
+    own = {0: {i: shared + rng.normal(size=50) / np.sqrt(sizes[0, i]) for i in range(4)}}
+    observed = np.ones(50, dtype=bool)
+    assert choose_bandwidth(own, sizes, similarity, observed) >= 0.2  # near-plain pooling
+    assert choose_bandwidth({0: {0: own[0][0], 1: own[0][1]}}, sizes, similarity, observed) == np.inf
+    # Responses that follow the similarity: the smallest bandwidth wins.
+    lineage = {i: (shared if i < 2 else -shared) + 0.01 * rng.normal(size=50) for i in range(4)}
+    assert choose_bandwidth({0: lineage}, sizes, similarity, observed) == min(BANDWIDTHS)
+    unknown_similarity = transfer_weights(np.array([1.0, 3.0]), np.array([np.nan, 0.5]), 0.1)
+    np.testing.assert_allclose(unknown_similarity, [0.25, 0.75])  # plain cell weights

@@ -60,8 +60,10 @@ def log_fold_changes(
 
     Per context with both the perturbation and controls: log((mean_p + c) / (mean_ctrl + c)),
     c = :data:`PSEUDO_COUNT`. With ``contexts`` (the source labels, C of them) row c holds the
-    context's own fold change where the pair was seen, else the pooled one (mean over the
-    contexts that saw the label, weighted by perturbed cells); without, one pooled row (C = 1).
+    context's own fold change where the pair was seen, else a transfer from the contexts that saw
+    the label: their mean, weighted by perturbed cells times the similarity of their controls to
+    context c's (:func:`transfer_weights`, bandwidth chosen by leaving each seen context out).
+    Without ``contexts``, one row (C = 1) pooled over contexts, weighted by perturbed cells.
     Labels never seen alone (only inside combinations) and the control label get 0.
     """
     labels = obs[slot.key].astype(str).to_numpy()
@@ -71,25 +73,83 @@ def log_fold_changes(
     groups = np.array([lookup[(c, lab)] for c, lab in zip(cell_contexts, labels)])
     means = group_means(data, groups, len(pairs))
     sizes = np.bincount(groups, minlength=len(pairs))
-    n_genes = means.shape[1]
-    own: dict[tuple[str, int], np.ndarray] = {}
-    pooled = np.zeros((len(slot.labels), n_genes))
-    weights = np.zeros(len(slot.labels))
+    names = sorted(set(cell_contexts))
+    # own[row] maps each context index (in ``names``) that saw label ``row`` to its fold change.
+    own: dict[int, dict[int, np.ndarray]] = {}
+    seen_sizes = np.zeros((len(slot.labels), len(names)))
     for (context, label), index in lookup.items():
         control = lookup.get((context, slot.control_label))
         if label == slot.control_label or control is None or label not in slot.labels:
             continue
-        row = slot.labels.index(label)
-        own[(context, row)] = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
-        pooled[row] += sizes[index] * own[(context, row)]
-        weights[row] += sizes[index]
-    pooled /= np.maximum(weights, 1)[:, None]
-    result = np.repeat(pooled[None], len(contexts) if contexts else 1, axis=0)
-    for (context, row), fold in own.items():
-        if contexts and context in contexts:
-            result[contexts.index(context), row] = fold
+        row, at = slot.labels.index(label), names.index(context)
+        own.setdefault(row, {})[at] = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
+        seen_sizes[row, at] = sizes[index]
+    controls = [lookup.get((name, slot.control_label)) for name in names]
+    similarity = control_similarity(
+        np.stack([means[i] if i is not None else np.zeros(means.shape[1]) for i in controls]), data.observed
+    )
+    similarity[[i is None for i in controls]] = np.nan  # no controls: no similarity, plain pooling
+    bandwidth = choose_bandwidth(own, seen_sizes, similarity, data.observed) if contexts else np.inf
+    targets = [names.index(c) if c in names else -1 for c in contexts] if contexts else [-1]
+    result = np.zeros((len(targets), len(slot.labels), means.shape[1]))
+    for row, folds in own.items():
+        seen = np.array(sorted(folds))
+        stacked = np.stack([folds[i] for i in seen])
+        for out, target in enumerate(targets):
+            if target in folds:
+                result[out, row] = folds[target]
+            else:
+                closeness = similarity[target, seen] if target >= 0 else np.full(len(seen), np.nan)
+                weights = transfer_weights(seen_sizes[row, seen], closeness, bandwidth)
+                result[out, row] = weights @ stacked
     result[..., ~data.observed] = 0.0
     return result
+
+
+# Bandwidths tried for the similarity weighting; infinity is plain pooling by perturbed cells.
+BANDWIDTHS = (0.01, 0.02, 0.05, 0.1, 0.2, np.inf)
+
+
+def control_similarity(control_means: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Pearson correlation (C, C) between contexts' control profiles: log1p of each context's
+    mean counts scaled to 10,000, over the observed genes."""
+    totals = np.maximum(control_means[:, observed].sum(1, keepdims=True), 1e-12)
+    profiles = np.log1p(control_means[:, observed] / totals * 1e4)
+    return np.corrcoef(profiles) if len(profiles) > 1 else np.ones((1, 1))
+
+
+def transfer_weights(sizes: np.ndarray, similarity: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Normalised weights of the contexts that saw a label, for a context that did not:
+    perturbed cells x exp((r - 1) / bandwidth), r their controls' correlation with its controls
+    (plain cell weights where r is unknown or the bandwidth infinite)."""
+    weights = np.asarray(sizes, dtype=np.float64)
+    if np.isfinite(bandwidth) and not np.isnan(similarity).any():
+        weights = weights * np.exp((similarity - 1.0) / bandwidth)
+    return weights / max(weights.sum(), 1e-300)
+
+
+def choose_bandwidth(
+    own: dict[int, dict[int, np.ndarray]], sizes: np.ndarray, similarity: np.ndarray, observed: np.ndarray
+) -> float:
+    """The bandwidth of :data:`BANDWIDTHS` that best predicts each seen context's own fold
+    changes from the other contexts' (mean squared error over observed genes, leaving one seen
+    context out at a time); infinity (plain pooling) when no label is seen in three contexts."""
+    errors = np.zeros(len(BANDWIDTHS))
+    trials = 0
+    for row, folds in own.items():
+        if len(folds) < 3:
+            continue
+        for left_out, truth in folds.items():
+            others = np.array([i for i in folds if i != left_out])
+            closeness = similarity[left_out, others]
+            if np.isnan(closeness).any():
+                continue
+            stacked = np.stack([folds[i][observed] for i in others])
+            for k, bandwidth in enumerate(BANDWIDTHS):
+                guess = transfer_weights(sizes[row, others], closeness, bandwidth) @ stacked
+                errors[k] += np.mean((guess - truth[observed]) ** 2)
+            trials += 1
+    return float(BANDWIDTHS[int(np.argmin(errors))]) if trials else np.inf
 
 
 def calibrate_tilts(
