@@ -49,8 +49,9 @@ class ModelConfig:
     (see ``lingshu.training.depth_shift``); 0 keeps the tilt alone.
     ``depth_column``/``depth_offset``/``depth_contexts`` locate the depth slot (set from the data).
     ``poisson_tail`` lets raising tilts reach past each gene's highest count through a Poisson
-    continuation (see ``lingshu.model.tilt.poisson_tail``); training turns it on for every model
-    with a perturbation condition (off by default so that older checkpoints load as they were).
+    continuation (see ``lingshu.model.tilt.poisson_tail``): a raise becomes a bump that every
+    cell shares, as a cytokine's response is; training turns it on for cytokine perturbations
+    (off by default so that older checkpoints load as they were).
     """
 
     n_genes: int = 0
@@ -118,7 +119,8 @@ class ModelConfig:
         if self.has_context_prior:
             parts.append("context prior")
         if self.has_perturbation_prior:
-            parts.append(f"shift prior ({'per context' if self.tilt_contexts > 1 else 'pooled'})")
+            tail = ", Poisson tail" if self.has_poisson_tail else ""
+            parts.append(f"shift prior ({'per context' if self.tilt_contexts > 1 else 'pooled'}{tail})")
         if self.has_depth_prior:
             tables = f", tables below count {self.depth_table_width}" if self.has_depth_tables else ""
             parts.append(f"depth prior ({self.depth_bins} bins{tables})")

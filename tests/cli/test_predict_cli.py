@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 
 from lingshu.cli import app
+from lingshu.training.checkpoint import load_checkpoint
 from tests.cli.test_train_generate_cli import _generate, _train_tiny, runner
 from tests.conftest import make_perturbation_adata
 
@@ -71,3 +72,23 @@ def test_predict_reports_unknown_names_and_wrong_models_clearly(tmp_path, counts
     assert _train_tiny(plain, tmp_path / "u", 1).exit_code == 0
     result = _predict(tmp_path / "u", tmp_path / "p.h5ad", "--perturbation", "KO1")
     assert result.exit_code == 2 and "without a perturbation condition" in result.output
+
+
+def test_the_poisson_tail_is_on_for_cytokines_and_a_switch_for_genetic_perturbations(tmp_path):
+    data = tmp_path / "screen.h5ad"
+    make_perturbation_adata(n_per_group=8).write_h5ad(data)
+    keys = ["--source-key", "cell_line", "--perturbation-key", "perturbation", "--control-label", "control"]
+    for name, extra, expected in (
+        ("genetic", (), False),
+        ("cytokine", ("--perturbation-kind", "cytokine"), True),
+        ("switched", ("--poisson-tail",), True),
+    ):
+        result = _train_tiny(data, tmp_path / name, 1, *keys, *extra)
+        assert result.exit_code == 0, result.output
+        checkpoint = load_checkpoint(tmp_path / name)
+        assert checkpoint.model_config.has_poisson_tail is expected
+        assert ("Poisson tail" in checkpoint.model_config.priors()) is expected
+        if expected:  # some gene's distribution continues past its highest control count
+            assert checkpoint.model_state["tilt_tail"].abs().sum() > 0
+        else:
+            assert checkpoint.model_state.get("tilt_tail") is None

@@ -110,6 +110,12 @@ def train(
         help="With --depth-bins: each bin's own frequencies of counts below this (and of the tail "
         "above) start its distribution, on top of the depth tilt (default 32; 0 = the tilt alone).",
     ),
+    poisson_tail: bool | None = typer.Option(
+        None,
+        "--poisson-tail/--no-poisson-tail",
+        help="With --perturbation-key: let the shift prior raise a gene past its controls' highest "
+        "count as a Poisson bump (default: on for --perturbation-kind cytokine, off for genetic).",
+    ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
     backed: bool = typer.Option(
@@ -140,6 +146,8 @@ def train(
     model_overrides = {} if patch_size is None else {"patch_size": patch_size}
     if depth_table_width is not None:
         model_overrides["depth_table_width"] = depth_table_width
+    if poisson_tail is not None:
+        model_overrides["poisson_tail"] = poisson_tail
     condition_keys = {"source": source_key} if source_key else {}
     if perturbation_key:
         condition_keys["perturbation"] = perturbation_key

@@ -354,8 +354,9 @@ def _train(
         per_context_tilts = (
             n_contexts > 1 and n_contexts * n_perturbations * len(vocabulary) <= MAX_TILT_ENTRIES
         )
-        # A perturbation can raise a gene far past what its controls show (a cytokine's response).
-        overrides.setdefault("poisson_tail", n_perturbations > 0)
+        # A cytokine raises a gene in every cell, often far past what its controls show; a
+        # genetic raise (CRISPRa) reaches some cells and not others, which a Poisson bump is not.
+        overrides.setdefault("poisson_tail", n_perturbations > 0 and perturbation_kind == "cytokine")
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
