@@ -16,7 +16,7 @@ from torch import nn
 
 from lingshu.config import ModelConfig
 from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, N_EXPRESSION_TOKENS
-from lingshu.model.tilt import tilt_offsets, token_values
+from lingshu.model.tilt import TOKEN_FLOOR, tilt_offsets, token_values
 
 
 class RMSNorm(nn.Module):
@@ -169,7 +169,7 @@ class MaskPredictor(nn.Module):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
 
     @torch.no_grad()
-    def init_token_prior(self, frequencies: torch.Tensor, floor: float = 1e-9) -> None:
+    def init_token_prior(self, frequencies: torch.Tensor, floor: float = TOKEN_FLOOR) -> None:
         """Set the per-gene logit table to log token frequencies (G, 281), floored at ``floor``.
 
         The floor is tiny on purpose: a rare token such as 'count 5,000' that the data never show
