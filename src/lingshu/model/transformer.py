@@ -196,7 +196,7 @@ class MaskPredictor(nn.Module):
         """
         if not self.uses_context_prior:
             raise ValueError("this model has no context prior (no source condition)")
-        floor = 1e-9
+        floor = TOKEN_FLOOR
         overall = global_counts / global_counts.sum(-1, keepdim=True).clamp_min(1e-12)
         cells = context_counts.sum(-1, keepdim=True)
         local = (context_counts + shrinkage * overall) / (cells + shrinkage)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lingshu.model.tilt import tilt_offsets, token_values
+from lingshu.model.tilt import TOKEN_FLOOR, tilt_offsets, token_values
 from lingshu.training.perturbation_shift import calibrate_tilts
 
 # Pseudo-cells of the tilted distribution mixed into each bin's own token frequencies.
@@ -65,7 +65,7 @@ def tilted_distributions(
 ) -> np.ndarray:
     """Truncated token distributions (n_bins, G, width + 1) of ``base`` (G, 281) under each
     bin's tilts (n_bins, G), as the model's logits form them."""
-    log_base = np.log(np.clip(base, 1e-9, None))
+    log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
     values = token_values()
     result = []
     for bin_tilts in tilts:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from lingshu.data.conditions import ConditionSlot
 from lingshu.data.loader import AlignedCounts
-from lingshu.model.tilt import tilt_offsets, token_values
+from lingshu.model.tilt import TOKEN_FLOOR, poisson_tail, tilt_offsets, token_values
 
 # Counts added to both means before the ratio: keeps genes near zero from getting huge folds.
 PSEUDO_COUNT = 0.1
@@ -35,6 +35,18 @@ def tilt_table(token_counts: np.ndarray) -> np.ndarray:
     """What a raising tilt multiplies (G, 281): each token's decoded count where the control
     cells show that token for the gene (``token_counts`` > 0), else 0 (left untilted)."""
     return np.where(np.asarray(token_counts) > 0, token_values()[None, :], 0.0)
+
+
+def raising_rule(frequencies: np.ndarray, with_tail: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a raising tilt multiplies (G, 281) and adds past each gene's highest count.
+
+    Without a tail (None) a raise reaches only the counts ``frequencies`` show
+    (:func:`tilt_table`); with the Poisson continuation (:func:`~lingshu.model.tilt.poisson_tail`)
+    it reaches every count.
+    """
+    if not with_tail:
+        return tilt_table(frequencies), None
+    return np.broadcast_to(token_values(), frequencies.shape).copy(), poisson_tail(frequencies)
 
 
 def group_means(data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_size: int = 1024) -> np.ndarray:
@@ -84,13 +96,17 @@ def log_fold_changes(
         row, at = slot.labels.index(label), names.index(context)
         own.setdefault(row, {})[at] = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
         seen_sizes[row, at] = sizes[index]
-    controls = [lookup.get((name, slot.control_label)) for name in names]
-    similarity = control_similarity(
-        np.stack([means[i] if i is not None else np.zeros(means.shape[1]) for i in controls]), data.observed
-    )
-    similarity[[i is None for i in controls]] = np.nan  # no controls: no similarity, plain pooling
-    bandwidth = choose_bandwidth(own, seen_sizes, similarity, data.observed) if contexts else np.inf
     targets = [names.index(c) if c in names else -1 for c in contexts] if contexts else [-1]
+    # Similarity between contexts with controls (NaN elsewhere: plain pooling); only a
+    # per-context table transfers by it.
+    similarity = np.full((len(names), len(names)), np.nan)
+    bandwidth = np.inf
+    if contexts:
+        with_controls = [i for i, name in enumerate(names) if (name, slot.control_label) in lookup]
+        control_rows = [lookup[(names[i], slot.control_label)] for i in with_controls]
+        pairwise = control_similarity(means[control_rows], data.observed)
+        similarity[np.ix_(with_controls, with_controls)] = pairwise
+        bandwidth = choose_bandwidth(own, seen_sizes, similarity, data.observed)
     result = np.zeros((len(targets), len(slot.labels), means.shape[1]))
     for row, folds in own.items():
         seen = np.array(sorted(folds))
@@ -176,10 +192,10 @@ def calibrate_tilts(
     of its sums (floored at 1e-9 and never raised, they barely move its mean), which makes sparse genes cheap.
     """
     values = token_values()
-    log_base = np.log(np.clip(base, 1e-9, None))
+    log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
     base_mean = base @ values
     # Tokens up to the highest one above the floor: most genes use a few dozen of the 281.
-    widths = N_TOKENS - np.argmax(((base > 1e-9) | (table > 0))[:, ::-1], axis=1)
+    widths = N_TOKENS - np.argmax(((base > TOKEN_FLOOR) | (table > 0))[:, ::-1], axis=1)
     tilts = np.zeros_like(log_folds)
     todo = np.argwhere((np.abs(log_folds) > 1e-3) & (base_mean[None, :] > 0))
     todo = todo[np.argsort(widths[todo[:, 1]], kind="stable")]

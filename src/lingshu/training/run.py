@@ -21,7 +21,7 @@ from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
-from lingshu.model.tilt import poisson_tail, token_values
+from lingshu.model.tilt import TOKEN_FLOOR
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -32,7 +32,7 @@ from lingshu.training.depth_shift import (
     depth_residuals,
     tilted_distributions,
 )
-from lingshu.training.perturbation_shift import PSEUDO_COUNT, calibrate_tilts, log_fold_changes, tilt_table
+from lingshu.training.perturbation_shift import PSEUDO_COUNT, calibrate_tilts, log_fold_changes, raising_rule
 from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
 
@@ -88,7 +88,7 @@ def context_bases(model: MaskPredictor, base: torch.Tensor, n_contexts: int) -> 
     """Each context's starting token distribution (G, 281): the base, times its context prior."""
     if n_contexts == 1 or not model.uses_context_prior:
         return [base.double().numpy()] * n_contexts
-    log_base = torch.log(base.double().clamp_min(1e-9))
+    log_base = torch.log(base.double().clamp_min(TOKEN_FLOOR))
     return [torch.softmax(log_base + model.context_prior[c].double(), -1).numpy() for c in range(n_contexts)]
 
 
@@ -119,6 +119,11 @@ def init_priors(
         model.init_token_prior(base)
     if model.uses_context_prior:
         model.init_context_prior(*context_token_counts(adata, alignment, conditions, controls, obs))
+    if model.config.has_tilts:
+        # What raising tilts (shift and depth prior alike) multiply and add past the highest count.
+        table, tail = raising_rule(base.numpy(), model.config.has_poisson_tail)
+        if tail is not None:
+            model.init_tilt_tail(torch.from_numpy(tail))
     if model.uses_perturbation_prior:
         source = conditions.slot("source")
         every_cell = AlignedCounts(adata, alignment)
@@ -130,7 +135,6 @@ def init_priors(
             source.key if source else None,
             source.labels if per_context else None,
         )
-        table, tail = init_raising_rule(model, base)
         # Each context's tilts are calibrated against the base the model starts from there.
         bases = context_bases(model, base, len(folds))
         tilts = np.stack(
@@ -140,26 +144,21 @@ def init_priors(
     if model.config.has_depth_prior:
         # Measured on the controls too: each context's bins then hold its baseline at each depth.
         at_depth = data if controls is None else AlignedCounts(adata, alignment, cells=controls)
-        init_depth_prior(model, conditions, at_depth, base, obs if obs is not None else adata.obs)
-
-
-def init_raising_rule(model: MaskPredictor, base: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """What a raising tilt multiplies (G, 281) and adds past each gene's highest count (None
-    without a Poisson tail), the latter also set in the model. Without a tail a raise reaches
-    only the counts ``base`` shows; with one, every count."""
-    frequencies = base.numpy()
-    if not model.config.has_poisson_tail:
-        return tilt_table(frequencies), None
-    tail = poisson_tail(frequencies)
-    model.init_tilt_tail(torch.from_numpy(tail))
-    return np.broadcast_to(token_values(), frequencies.shape).copy(), tail
+        depth_obs = obs if obs is not None else adata.obs
+        init_depth_prior(model, conditions, at_depth, base, depth_obs, (table, tail))
 
 
 def init_depth_prior(
-    model: MaskPredictor, conditions: ConditionMap, data: AlignedCounts, base: torch.Tensor, obs: pd.DataFrame
+    model: MaskPredictor,
+    conditions: ConditionMap,
+    data: AlignedCounts,
+    base: torch.Tensor,
+    obs: pd.DataFrame,
+    rule: tuple[np.ndarray, np.ndarray | None],
 ) -> None:
     """Calibrate the depth tilts (each context's base tilted to each depth bin's mean library
-    size) and, with depth tables, each bin's residual from its tilted distribution."""
+    size) and, with depth tables, each bin's residual from its tilted distribution; ``rule``
+    is the (table, tail) of :func:`~lingshu.training.perturbation_shift.raising_rule`."""
     config = model.config
     encoded = conditions.encode_obs(obs if data.cells is None else obs.iloc[data.cells])
     column, first, n_bins = conditions.location(DEPTH_SLOT)
@@ -168,7 +167,7 @@ def init_depth_prior(
     if config.depth_contexts > 1:
         contexts = encoded[:, config.context_column] - config.context_offset
     folds = depth_log_folds(library_sizes(data), bins, contexts, config.depth_contexts, n_bins)
-    table, tail = init_raising_rule(model, base)
+    table, tail = rule
     bases = context_bases(model, base, config.depth_contexts)
     tilts = calibrate_depth_tilts(bases, folds, table, tail)
     model.init_depth_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
