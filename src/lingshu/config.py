@@ -52,6 +52,11 @@ class ModelConfig:
     continuation (see ``lingshu.model.tilt.poisson_tail``): a raise becomes a bump that every
     cell shares, as a cytokine's response is; training turns it on for cytokine perturbations
     (off by default so that older checkpoints load as they were).
+    ``combine_folds`` keeps each label's measured log fold changes beside its tilts and gives a
+    combination A+B the tilt calibrated to the parts' summed log fold, applied as measured
+    ((mean + c) * fold_A * fold_B - c), instead of the sum of the parts' tilts, which for a gene
+    both parts raise from almost nothing multiplies two raises of almost nothing; training turns
+    it on for perturbation models (off by default so that older checkpoints load as they were).
     """
 
     n_genes: int = 0
@@ -83,6 +88,7 @@ class ModelConfig:
     depth_contexts: int = 1
     depth_table_width: int = 32
     poisson_tail: bool = False
+    combine_folds: bool = False
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0
@@ -109,6 +115,11 @@ class ModelConfig:
         return self.poisson_tail and self.has_tilts
 
     @property
+    def has_fold_combination(self) -> bool:
+        """Whether combinations get tilts calibrated from their parts' summed fold changes."""
+        return self.combine_folds and self.has_perturbation_prior and self.token_prior
+
+    @property
     def has_tilts(self) -> bool:
         """Whether logits get exponential tilts (shift prior, depth prior or both)."""
         return self.has_perturbation_prior or self.has_depth_prior
@@ -120,7 +131,9 @@ class ModelConfig:
             parts.append("context prior")
         if self.has_perturbation_prior:
             tail = ", Poisson tail" if self.has_poisson_tail else ""
-            parts.append(f"shift prior ({'per context' if self.tilt_contexts > 1 else 'pooled'}{tail})")
+            combined = ", combined folds" if self.has_fold_combination else ""
+            scope = "per context" if self.tilt_contexts > 1 else "pooled"
+            parts.append(f"shift prior ({scope}{tail}{combined})")
         if self.has_depth_prior:
             tables = f", tables below count {self.depth_table_width}" if self.has_depth_tables else ""
             parts.append(f"depth prior ({self.depth_bins} bins{tables})")

@@ -1,11 +1,19 @@
-"""Exponential tilts by count and the Poisson continuation a raising tilt reaches into."""
+"""Exponential tilts by count, their calibration to a fold change, and the Poisson continuation
+a raising tilt reaches into."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
-from lingshu.model.tilt import TOKEN_FLOOR, poisson_tail, tilt_offsets, token_values
+from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, decode_tokens
+from lingshu.model.tilt import (
+    PSEUDO_COUNT,
+    TOKEN_FLOOR,
+    calibrate_tilts,
+    poisson_tail,
+    tilt_offsets,
+    token_values,
+)
 
 
 def _tilted(frequencies: np.ndarray, theta: float, tail: np.ndarray | None) -> np.ndarray:
@@ -40,3 +48,33 @@ def test_a_gene_rising_from_almost_nothing_rises_as_a_poisson_bump_not_a_pile_at
     # Without the continuation the same raise piles most cells on count 2 (the knife-edge).
     piled = _tilted(frequencies, theta, None)
     assert piled[2] > 0.5 and raised[2] < 0.2
+
+
+@pytest.mark.parametrize("fold", [3.0, 0.2, 1.0])
+def test_a_tilt_moves_the_mean_count_by_the_wanted_fold(fold):
+    base = stats.poisson(4.0).pmf(np.arange(N_EXPRESSION_TOKENS))[None, :]  # tokens 0..99 are exact
+    table = np.where(
+        base > 1e-9, token_values()[None, :], 0.0
+    )  # counts a cell "showed": the Poisson's bulk, not its far tail
+    tilts = calibrate_tilts(base, np.log([[fold]]), table)
+    tilted = np.clip(base[0], 1e-9, None) * np.exp(tilt_offsets(tilts[0, 0], table[0], token_values()))
+    mean = (tilted / tilted.sum()) @ decode_tokens(np.arange(N_EXPRESSION_TOKENS))
+    assert mean == pytest.approx(4.0 * fold, rel=1e-3)
+    assert (tilts[0, 0] == 0) == (fold == 1.0)
+
+
+@pytest.mark.parametrize("perturbed_mean", [6.0, 0.02])
+def test_a_fold_measured_with_a_pseudo_count_gives_back_the_perturbed_mean(perturbed_mean):
+    """A fold (m_p + c) / (m_ctrl + c) applied to its own controls returns m_p, also for a gene
+    rising from almost nothing (which a plain fold would leave near zero)."""
+    base = np.zeros((1, N_EXPRESSION_TOKENS))
+    base[0, :3] = [0.96, 0.039, 0.001]
+    values = token_values()
+    table = np.broadcast_to(values, base.shape).copy()
+    tail = poisson_tail(base)
+    control_mean = float(base[0] @ values)
+    fold = np.log((perturbed_mean + PSEUDO_COUNT) / (control_mean + PSEUDO_COUNT))
+    tilts = calibrate_tilts(base, np.array([[fold]]), table, pseudo_count=PSEUDO_COUNT, tail=tail)
+    logits = np.log(np.clip(base[0], 1e-9, None)) + tilt_offsets(tilts[0, 0], table[0], values, tail[0])
+    tilted = np.exp(logits - logits.max())
+    assert (tilted / tilted.sum()) @ values == pytest.approx(perturbed_mean, rel=1e-3)

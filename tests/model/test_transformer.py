@@ -1,8 +1,12 @@
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 from lingshu.config import ModelConfig, get_preset, replace
-from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, MASK_TOKEN
+from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, MASK_TOKEN, N_EXPRESSION_TOKENS
+from lingshu.model.tilt import PSEUDO_COUNT, calibrate_tilts, poisson_tail, token_values
 from lingshu.model.transformer import MaskPredictor
 
 
@@ -173,3 +177,64 @@ def test_context_prior_shrinks_a_small_context_towards_all_cells():
 def test_a_model_without_a_source_slot_has_no_context_prior():
     model = _tiny(n_condition_tokens=2, n_condition_slots=1)
     assert model.context_prior is None and model.context_index(torch.tensor([[1]])) is None
+
+
+def _combining_model(folds: np.ndarray) -> MaskPredictor:
+    """Four genes, labels control / A / B in a two-part slot; singles' tilts calibrated to
+    ``folds`` (3, 4) with the pseudo-count, raises continued by the Poisson tail."""
+    model = _tiny(
+        n_genes=4,
+        patch_size=2,
+        n_condition_tokens=3,
+        n_condition_slots=1,
+        condition_widths=(2,),
+        perturbation_column=0,
+        perturbation_width=2,
+        n_perturbation_labels=3,
+        poisson_tail=True,
+        combine_folds=True,
+    )
+    frequencies = np.zeros((4, N_EXPRESSION_TOKENS))
+    frequencies[0, :2] = [0.98, 0.02]  # a gene at almost nothing: mean 0.02
+    frequencies[1:, :30] = stats.poisson([[3.0], [1.0], [1.0]]).pmf(np.arange(30))
+    table = np.broadcast_to(token_values(), frequencies.shape).copy()
+    tail = poisson_tail(frequencies)
+    tilts = calibrate_tilts(frequencies, folds, table, pseudo_count=PSEUDO_COUNT, tail=tail)
+    with torch.no_grad():
+        model.head.weight.zero_()  # the logits are then the priors alone
+    model.init_token_prior(torch.from_numpy(frequencies).float())
+    model.init_tilt_tail(torch.from_numpy(tail).float())
+    model.init_perturbation_tilt(
+        torch.from_numpy(tilts)[None].float(),
+        torch.from_numpy(table).float(),
+        torch.from_numpy(folds)[None].float(),
+    )
+    return model
+
+
+def _prior_means(model: MaskPredictor, *conditions: list[int]) -> np.ndarray:
+    tokens = torch.full((len(conditions), 4), MASK_TOKEN)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(tokens, torch.tensor(conditions)).double(), -1)
+    return (probabilities @ torch.from_numpy(token_values())).numpy()
+
+
+def test_a_combination_moves_each_gene_by_its_parts_summed_folds_as_they_were_measured():
+    # A and B each raise gene 0 from 0.02 to 0.5: a fold (0.5 + c) / (0.02 + c) = 5 each.
+    fold = np.log((0.5 + PSEUDO_COUNT) / (0.02 + PSEUDO_COUNT))
+    folds = np.zeros((3, 4))
+    folds[1, 0], folds[2, 0], folds[1, 1] = fold, fold, np.log(2.0)
+    model = _combining_model(folds)
+    single, double, swapped = _prior_means(model, [1, -1], [1, 2], [2, 1])
+    assert single[0] == pytest.approx(0.5, rel=1e-3)
+    assert single[1] == pytest.approx((3.0 + PSEUDO_COUNT) * 2 - PSEUDO_COUNT, rel=1e-3)
+    # Together: (0.02 + c) * 25 - c = 2.9, where adding the two tilts would give ~0.5 * 0.5 / 0.02.
+    assert double[0] == pytest.approx((0.02 + PSEUDO_COUNT) * 25 - PSEUDO_COUNT, rel=1e-3)
+    np.testing.assert_allclose(double, swapped, rtol=1e-6)
+    np.testing.assert_allclose(double[1:], single[1:], rtol=1e-4)  # B leaves genes 1-3 alone
+    summed = model.perturbation_tilt[0, 1] + model.perturbation_tilt[0, 2]
+    assert not torch.allclose(model.tilt(torch.tensor([[1, 2]]))[0], summed, rtol=0.1)
+    # New folds replace the cached combination: B no longer raises gene 0.
+    folds[2, 0] = 0.0
+    model = _combining_model(folds)
+    assert _prior_means(model, [1, 2])[0, 0] == pytest.approx(0.5, rel=1e-3)

@@ -3,40 +3,22 @@
 import anndata as ad
 import numpy as np
 import pandas as pd
-import pytest
 import scipy.sparse as sp
 import torch
-from scipy import stats
 
 from lingshu.data.conditions import ConditionMap
 from lingshu.data.loader import AlignedCounts
-from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, decode_tokens
 from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.inference.predict import Request, predict
-from lingshu.model.tilt import poisson_tail, tilt_offsets, token_values
 from lingshu.training.checkpoint import load_checkpoint
 from lingshu.training.perturbation_shift import (
     BANDWIDTHS,
-    PSEUDO_COUNT,
-    calibrate_tilts,
     choose_bandwidth,
     log_fold_changes,
-    tilt_table,
     transfer_weights,
 )
 from lingshu.training.run import train
 from tests.conftest import make_perturbation_adata
-
-
-@pytest.mark.parametrize("fold", [3.0, 0.2, 1.0])
-def test_a_tilt_moves_the_mean_count_by_the_wanted_fold(fold):
-    base = stats.poisson(4.0).pmf(np.arange(N_EXPRESSION_TOKENS))[None, :]  # tokens 0..99 are exact
-    table = tilt_table(base > 1e-9)  # counts a cell "showed": the Poisson's bulk, not its far tail
-    tilts = calibrate_tilts(base, np.log([[fold]]), table)
-    tilted = np.clip(base[0], 1e-9, None) * np.exp(tilt_offsets(tilts[0, 0], table[0], token_values()))
-    mean = (tilted / tilted.sum()) @ decode_tokens(np.arange(N_EXPRESSION_TOKENS))
-    assert mean == pytest.approx(4.0 * fold, rel=1e-3)
-    assert (tilts[0, 0] == 0) == (fold == 1.0)
 
 
 def test_fold_changes_are_measured_against_the_same_contexts_controls():
@@ -60,9 +42,13 @@ def test_fold_changes_are_measured_against_the_same_contexts_controls():
         assert (folds[:, ko1, genes.index(gene)] < -3.5).all()
     untouched = [genes.index(g) for g in genes if g.startswith("GENE")]
     assert np.abs(folds[:, ko1, untouched]).mean() < 0.3
-    # Each context's own fold changes differ by sampling noise; the fallback is ctxA's exactly.
+    # Each context's own fold changes differ by sampling noise; the fallback is ctxA's with its
+    # clear effects kept and its noise shrunk away.
     assert not np.allclose(folds[0, ko1], folds[1, ko1])
-    np.testing.assert_allclose(folds[1, ko2], folds[0, ko2])
+    clear = np.abs(folds[0, ko2]) > 3
+    assert clear.sum() >= 3
+    np.testing.assert_allclose(folds[1, ko2, clear], folds[0, ko2, clear], rtol=0.02)
+    assert np.abs(folds[1, ko2, untouched]).mean() < 0.5 * np.abs(folds[0, ko2, untouched]).mean()
     assert not folds[:, slot.labels.index("control")].any()
 
 
@@ -115,23 +101,6 @@ def test_a_perturbation_models_token_prior_stays_the_control_baseline(tmp_path):
     assert not torch.equal(states[0]["head.weight"], states[1]["head.weight"])
 
 
-@pytest.mark.parametrize("perturbed_mean", [6.0, 0.02])
-def test_a_fold_measured_with_a_pseudo_count_gives_back_the_perturbed_mean(perturbed_mean):
-    """A fold (m_p + c) / (m_ctrl + c) applied to its own controls returns m_p, also for a gene
-    rising from almost nothing (which a plain fold would leave near zero)."""
-    base = np.zeros((1, N_EXPRESSION_TOKENS))
-    base[0, :3] = [0.96, 0.039, 0.001]
-    values = token_values()
-    table = np.broadcast_to(values, base.shape).copy()
-    tail = poisson_tail(base)
-    control_mean = float(base[0] @ values)
-    fold = np.log((perturbed_mean + PSEUDO_COUNT) / (control_mean + PSEUDO_COUNT))
-    tilts = calibrate_tilts(base, np.array([[fold]]), table, pseudo_count=PSEUDO_COUNT, tail=tail)
-    logits = np.log(np.clip(base[0], 1e-9, None)) + tilt_offsets(tilts[0, 0], table[0], values, tail[0])
-    tilted = np.exp(logits - logits.max())
-    assert (tilted / tilted.sum()) @ values == pytest.approx(perturbed_mean, rel=1e-3)
-
-
 def _two_lineages_adata(n_cells: int = 40, seed: int = 0) -> ad.AnnData:
     """Five contexts of two lineages: L1-L3 share a baseline and respond to 'stim' by raising
     genes 0-9, M1-M2 share another baseline and raise genes 10-19; L3 has no stimulated cells."""
@@ -170,6 +139,14 @@ def test_an_unseen_pair_takes_the_fold_changes_of_contexts_whose_controls_resemb
     # Seen pairs keep their own fold changes.
     m1 = folds[contexts.index("M1"), slot.labels.index("stim")]
     assert m1[10:20].mean() > 1.6 and abs(m1[:10].mean()) < 0.4
+    # What travels is shrunk by its noise: the untouched genes' sampling noise in L1 and L2
+    # (their own folds, as measured) mostly does not reach L3.
+    own_noise = (
+        folds[contexts.index("L1"), slot.labels.index("stim")]
+        + folds[contexts.index("L2"), slot.labels.index("stim")]
+    ) / 2
+    assert np.abs(own_noise[20:]).mean() > 0.05
+    assert np.abs(l3[20:]).mean() < 0.5 * np.abs(own_noise[20:]).mean()
 
 
 def test_leaving_one_context_out_picks_a_narrow_bandwidth_only_where_similarity_helps():

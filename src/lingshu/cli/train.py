@@ -116,6 +116,13 @@ def train(
         help="With --perturbation-key: let the shift prior raise a gene past its controls' highest "
         "count as a Poisson bump (default: on for --perturbation-kind cytokine, off for genetic).",
     ),
+    combine_folds: bool = typer.Option(
+        True,
+        "--combine-folds/--add-tilts",
+        help="With --perturbation-key: give a combination A+B the shift that moves each gene by "
+        "the parts' summed log fold changes, applied as measured (default), or the sum of the "
+        "parts' tilts.",
+    ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
     backed: bool = typer.Option(
@@ -148,6 +155,8 @@ def train(
         model_overrides["depth_table_width"] = depth_table_width
     if poisson_tail is not None:
         model_overrides["poisson_tail"] = poisson_tail
+    if not combine_folds:
+        model_overrides["combine_folds"] = False
     condition_keys = {"source": source_key} if source_key else {}
     if perturbation_key:
         condition_keys["perturbation"] = perturbation_key

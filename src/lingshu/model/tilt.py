@@ -9,6 +9,10 @@ from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, bin_widths, decode_token
 
 # Probability the token prior gives a count the data never show (see MaskPredictor.init_token_prior).
 TOKEN_FLOOR = 1e-9
+# Counts added to both means of a fold change (m_p + c) / (m_ctrl + c): keeps genes near zero
+# from getting huge folds; a tilt applies the fold in the same terms (see calibrate_tilts).
+PSEUDO_COUNT = 0.1
+MAX_TILT = 30.0
 
 
 def token_values() -> np.ndarray:
@@ -51,3 +55,56 @@ def poisson_tail(frequencies: np.ndarray) -> np.ndarray:
     tail = log_mass + anchor[:, None] - np.log(TOKEN_FLOOR)
     above = np.arange(frequencies.shape[-1])[None, :] > highest[:, None]
     return np.where(above & (means[:, None] > 0), tail, 0.0)
+
+
+def calibrate_tilts(
+    base: np.ndarray,
+    log_folds: np.ndarray,
+    table: np.ndarray,
+    iterations: int = 32,
+    pseudo_count: float = 0.0,
+    tail: np.ndarray | None = None,
+) -> np.ndarray:
+    """Tilts theta (P, G) so that base(k) * exp(theta * table[g, k]) has its mean fold-changed.
+
+    The fold applies as it was measured: with ``pseudo_count`` c the wanted mean is
+    (mean + c) * fold - c (floored at 1% of the base mean), so a fold measured as
+    (m_p + c) / (m_ctrl + c) gives back m_p in its own context, and a gene rising from almost
+    nothing rises by the measured amount rather than by a multiple of almost nothing.
+
+    ``base`` (G, 281) are the control token probabilities (as the model's token prior floors
+    them), ``log_folds`` (P, G) the wanted log fold changes of the mean, ``table`` what a raise
+    multiplies (G, 281; the model's ``tilt_table``) and ``tail`` what it adds past the highest
+    count (:func:`poisson_tail`). The tilted mean rises monotonically with theta, so bisection
+    on [-MAX_TILT, MAX_TILT] finds it (32 halvings: theta to ~1e-8); genes with no control
+    counts, or no change, keep theta = 0. Tokens above a gene's highest non-negligible one are
+    left out of its sums (floored at TOKEN_FLOOR and never raised, they barely move its mean),
+    which makes sparse genes cheap.
+    """
+    values = token_values()
+    log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
+    base_mean = base @ values
+    # Tokens up to the highest one above the floor: most genes use a few dozen of the 281.
+    widths = base.shape[-1] - np.argmax(((base > TOKEN_FLOOR) | (table > 0))[:, ::-1], axis=1)
+    tilts = np.zeros_like(log_folds)
+    todo = np.argwhere((np.abs(log_folds) > 1e-3) & (base_mean[None, :] > 0))
+    todo = todo[np.argsort(widths[todo[:, 1]], kind="stable")]
+    for chunk in np.array_split(todo, max(1, len(todo) // 4096)):
+        if not len(chunk):
+            continue
+        p, g = chunk[:, 0], chunk[:, 1]
+        width = int(widths[g].max())
+        target = (base_mean[g] + pseudo_count) * np.exp(log_folds[p, g]) - pseudo_count
+        target = np.maximum(target, 0.01 * base_mean[g])
+        low, high = np.full(len(g), -MAX_TILT), np.full(len(g), MAX_TILT)
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            raised = None if tail is None else tail[g, :width]
+            offsets = tilt_offsets(middle[:, None], table[g, :width], values[:width], raised)
+            logits = log_base[g, :width] + offsets
+            weights = np.exp(logits - logits.max(1, keepdims=True))
+            mean = (weights @ values[:width]) / weights.sum(1)
+            below = mean < target
+            low, high = np.where(below, middle, low), np.where(below, high, middle)
+        tilts[p, g] = (low + high) / 2
+    return tilts

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lingshu.config import ModelConfig
 from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, N_EXPRESSION_TOKENS
-from lingshu.model.tilt import TOKEN_FLOOR, tilt_offsets, token_values
+from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts, tilt_offsets, token_values
 
 
 class RMSNorm(nn.Module):
@@ -131,6 +132,18 @@ class MaskPredictor(nn.Module):
             if self.uses_perturbation_prior
             else None,
         )
+        # Per perturbation label and gene, the measured log fold change its tilt was calibrated
+        # to: a combination's tilt is calibrated from its parts' sum (see combination_tilt).
+        self.register_buffer(
+            "perturbation_fold",
+            torch.zeros(config.tilt_contexts, config.n_perturbation_labels, g)
+            if config.has_fold_combination
+            else None,
+        )
+        # Calibrated combination tilts, (tilt context, label rows) -> (G,) on the CPU; emptied
+        # whenever a table they derive from is set or loaded.
+        self._combination_tilts: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._combination_tilts.clear())
         # Per context, depth bin and gene, the depth prior's tilt theta (see ModelConfig).
         self.register_buffer(
             "depth_tilt",
@@ -179,6 +192,7 @@ class MaskPredictor(nn.Module):
             raise ValueError("this model was built with token_prior=False")
         probabilities = frequencies / frequencies.sum(-1, keepdim=True).clamp_min(1e-12)
         self.token_prior.copy_(torch.log(probabilities.clamp_min(floor)).to(self.token_prior))
+        self._combination_tilts.clear()
 
     @property
     def uses_context_prior(self) -> bool:
@@ -202,6 +216,7 @@ class MaskPredictor(nn.Module):
         local = (context_counts + shrinkage * overall) / (cells + shrinkage)
         offsets = torch.log(local.clamp_min(floor)) - torch.log(overall.clamp_min(floor))
         self.context_prior.copy_(offsets.to(self.context_prior.dtype))
+        self._combination_tilts.clear()
 
     @property
     def uses_perturbation_prior(self) -> bool:
@@ -220,7 +235,12 @@ class MaskPredictor(nn.Module):
             context = torch.zeros_like(rows)
             if c.tilt_contexts > 1:
                 context = self._source_index(conditions)[:, None].expand_as(rows)
-            total = total + (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
+            shift = (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
+            if c.has_fold_combination:
+                for cell in torch.nonzero(valid.sum(1) > 1).flatten().tolist():
+                    parts = tuple(sorted(rows[cell][valid[cell]].tolist()))
+                    shift[cell] = self.combination_tilt(int(context[cell, 0]), parts).to(shift)
+            total = total + shift
         if c.has_depth_prior:
             context, bins = self._depth_cell(conditions)
             total = total + self.depth_tilt[context, bins]
@@ -235,13 +255,48 @@ class MaskPredictor(nn.Module):
         return self._source_index(conditions), bins
 
     @torch.no_grad()
-    def init_perturbation_tilt(self, tilts: torch.Tensor, table: torch.Tensor) -> None:
-        """Set the shift prior's tilts (tilt_contexts, n_perturbation_labels, G) and what they
-        multiply (G, 281)."""
+    def tilt_base(self, context: int) -> np.ndarray:
+        """The token distribution (G, 281) the shift prior's tilts of tilt context ``context``
+        are calibrated against (as training's ``context_bases`` forms it): the token prior's
+        frequencies (its floor counted as nothing), times the context's prior where tilts are
+        per context."""
+        log_prior = self.token_prior.double()
+        if self.config.tilt_contexts > 1 and self.uses_context_prior:
+            return torch.softmax(log_prior + self.context_prior[context].double(), -1).cpu().numpy()
+        return torch.where(log_prior > math.log(TOKEN_FLOOR) + 1e-4, log_prior.exp(), 0.0).cpu().numpy()
+
+    @torch.no_grad()
+    def combination_tilt(self, context: int, parts: tuple[int, ...]) -> torch.Tensor:
+        """The shift prior's tilt (G,) of a combination of perturbation label rows ``parts`` in
+        tilt context ``context``: each gene's mean moves by the parts' summed log fold changes,
+        applied as they were measured (``lingshu.model.tilt.calibrate_tilts`` with the fold's
+        pseudo-count), against the base the single labels were calibrated on. Cached."""
+        key = (context, parts)
+        if key not in self._combination_tilts:
+            base = self.tilt_base(context)
+            folds = self.perturbation_fold[context, list(parts)].double().sum(0).cpu().numpy()
+            tail = self.tilt_tail.double().cpu().numpy() if self.config.has_poisson_tail else None
+            table = self.tilt_table.double().cpu().numpy()
+            theta = calibrate_tilts(base, folds[None], table, pseudo_count=PSEUDO_COUNT, tail=tail)[0]
+            self._combination_tilts[key] = torch.from_numpy(theta).float()
+        return self._combination_tilts[key]
+
+    @torch.no_grad()
+    def init_perturbation_tilt(
+        self, tilts: torch.Tensor, table: torch.Tensor, folds: torch.Tensor | None = None
+    ) -> None:
+        """Set the shift prior's tilts (tilt_contexts, n_perturbation_labels, G), what they
+        multiply (G, 281) and, for a model that combines folds, the log fold changes (same shape
+        as the tilts) they were calibrated to."""
         if not self.uses_perturbation_prior:
             raise ValueError("this model has no perturbation prior (no perturbation condition)")
+        if self.config.has_fold_combination and folds is None:
+            raise ValueError("this model combines fold changes: give the folds its tilts were calibrated to")
         self.perturbation_tilt.copy_(tilts.to(self.perturbation_tilt))
         self.tilt_table.copy_(table.to(self.tilt_table))
+        if self.perturbation_fold is not None:
+            self.perturbation_fold.copy_(folds.to(self.perturbation_fold))
+        self._combination_tilts.clear()
 
     def depth_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's (context, depth bin) row of the depth residual table, or None without one."""
@@ -289,6 +344,7 @@ class MaskPredictor(nn.Module):
         if not self.config.has_poisson_tail:
             raise ValueError("this model has no Poisson tail (poisson_tail=False or no tilts)")
         self.tilt_tail.copy_(tail.to(self.tilt_tail.dtype))
+        self._combination_tilts.clear()
 
     def context_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's context (source label) row of the context prior, or None without one."""

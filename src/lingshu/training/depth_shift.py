@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lingshu.model.tilt import TOKEN_FLOOR, tilt_offsets, token_values
-from lingshu.training.perturbation_shift import calibrate_tilts
+from lingshu.model.tilt import TOKEN_FLOOR, calibrate_tilts, tilt_offsets, token_values
 
 # Pseudo-cells of the tilted distribution mixed into each bin's own token frequencies.
 DEPTH_SHRINKAGE = 1.0
@@ -45,7 +44,7 @@ def calibrate_depth_tilts(
     bases: list[np.ndarray], log_folds: np.ndarray, table: np.ndarray, tail: np.ndarray | None = None
 ) -> np.ndarray:
     """Tilts (n_contexts, n_bins, G): context c's base (G, 281) tilted to each bin's fold
-    (``table`` and ``tail`` as in :func:`~lingshu.training.perturbation_shift.calibrate_tilts`)."""
+    (``table`` and ``tail`` as in :func:`~lingshu.model.tilt.calibrate_tilts`)."""
     n_genes = table.shape[0]
     return np.stack(
         [

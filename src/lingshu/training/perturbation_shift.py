@@ -23,12 +23,20 @@ import pandas as pd
 
 from lingshu.data.conditions import ConditionSlot
 from lingshu.data.loader import AlignedCounts
-from lingshu.model.tilt import TOKEN_FLOOR, poisson_tail, tilt_offsets, token_values
+from lingshu.model.tilt import PSEUDO_COUNT, calibrate_tilts, poisson_tail, token_values
+from lingshu.training.fold_shrinkage import log_fold_variance, shrink_log_folds
 
-# Counts added to both means before the ratio: keeps genes near zero from getting huge folds.
-PSEUDO_COUNT = 0.1
-MAX_TILT = 30.0
-N_TOKENS = len(token_values())
+__all__ = [
+    "PSEUDO_COUNT",
+    "calibrate_tilts",
+    "choose_bandwidth",
+    "control_similarity",
+    "group_moments",
+    "log_fold_changes",
+    "raising_rule",
+    "tilt_table",
+    "transfer_weights",
+]
 
 
 def tilt_table(token_counts: np.ndarray) -> np.ndarray:
@@ -49,16 +57,24 @@ def raising_rule(frequencies: np.ndarray, with_tail: bool) -> tuple[np.ndarray, 
     return np.broadcast_to(token_values(), frequencies.shape).copy(), poisson_tail(frequencies)
 
 
-def group_means(data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_size: int = 1024) -> np.ndarray:
-    """Mean count per gene (n_groups, G) of the cells in each group (-1 = in no group)."""
+def group_moments(
+    data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and per-cell variance (n_groups, G each) of every gene's count in each group of
+    cells (-1 = in no group); a group of one cell has variance 0."""
     sums = np.zeros((n_groups, len(data.observed)))
+    squares = np.zeros_like(sums)
     sizes = np.bincount(groups[groups >= 0], minlength=n_groups).astype(np.float64)
     for start in range(0, data.n_cells, chunk_size):
         rows = np.arange(start, min(start + chunk_size, data.n_cells))
         chosen = rows[groups[rows] >= 0]
         if len(chosen):
-            np.add.at(sums, groups[chosen], data.rows(chosen).astype(np.float64))
-    return sums / np.maximum(sizes, 1)[:, None]
+            counts = data.rows(chosen).astype(np.float64)
+            np.add.at(sums, groups[chosen], counts)
+            np.add.at(squares, groups[chosen], counts**2)
+    means = sums / np.maximum(sizes, 1)[:, None]
+    variances = np.maximum(squares - sizes[:, None] * means**2, 0) / np.maximum(sizes - 1, 1)[:, None]
+    return means, variances
 
 
 def log_fold_changes(
@@ -72,9 +88,11 @@ def log_fold_changes(
 
     Per context with both the perturbation and controls: log((mean_p + c) / (mean_ctrl + c)),
     c = :data:`PSEUDO_COUNT`. With ``contexts`` (the source labels, C of them) row c holds the
-    context's own fold change where the pair was seen, else a transfer from the contexts that saw
-    the label: their mean, weighted by perturbed cells times the similarity of their controls to
-    context c's (:func:`transfer_weights`, bandwidth chosen by leaving each seen context out).
+    context's own fold change where the pair was seen, as measured, else a transfer from the
+    contexts that saw the label: their fold changes shrunk by their sampling noise
+    (:func:`~lingshu.training.fold_shrinkage.shrink_log_folds`: a source's noise is only noise
+    elsewhere), averaged with weights of perturbed cells times the similarity of their controls
+    to context c's (:func:`transfer_weights`, bandwidth chosen by leaving each seen context out).
     Without ``contexts``, one row (C = 1) pooled over contexts, weighted by perturbed cells.
     Labels never seen alone (only inside combinations) and the control label get 0.
     """
@@ -83,18 +101,32 @@ def log_fold_changes(
     pairs = pd.Index(sorted(set(zip(cell_contexts, labels))))
     lookup = {pair: i for i, pair in enumerate(pairs)}
     groups = np.array([lookup[(c, lab)] for c, lab in zip(cell_contexts, labels)])
-    means = group_means(data, groups, len(pairs))
+    means, variances = group_moments(data, groups, len(pairs))
     sizes = np.bincount(groups, minlength=len(pairs))
     names = sorted(set(cell_contexts))
-    # own[row] maps each context index (in ``names``) that saw label ``row`` to its fold change.
+    # own[row] maps each context index (in ``names``) that saw label ``row`` to its fold change,
+    # shrunk[row] to the same shrunk by its noise: what travels to other contexts.
     own: dict[int, dict[int, np.ndarray]] = {}
+    shrunk: dict[int, dict[int, np.ndarray]] = {}
     seen_sizes = np.zeros((len(slot.labels), len(names)))
     for (context, label), index in lookup.items():
         control = lookup.get((context, slot.control_label))
         if label == slot.control_label or control is None or label not in slot.labels:
             continue
         row, at = slot.labels.index(label), names.index(context)
-        own.setdefault(row, {})[at] = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
+        fold = np.log((means[index] + PSEUDO_COUNT) / (means[control] + PSEUDO_COUNT))
+        own.setdefault(row, {})[at] = fold
+        if contexts:
+            noise = log_fold_variance(
+                means[index],
+                variances[index],
+                sizes[index],
+                means[control],
+                variances[control],
+                sizes[control],
+                PSEUDO_COUNT,
+            )
+            shrunk.setdefault(row, {})[at] = shrink_log_folds(fold, noise)
         seen_sizes[row, at] = sizes[index]
     targets = [names.index(c) if c in names else -1 for c in contexts] if contexts else [-1]
     # Similarity between contexts with controls (NaN elsewhere: plain pooling); only a
@@ -106,11 +138,12 @@ def log_fold_changes(
         control_rows = [lookup[(names[i], slot.control_label)] for i in with_controls]
         pairwise = control_similarity(means[control_rows], data.observed)
         similarity[np.ix_(with_controls, with_controls)] = pairwise
-        bandwidth = choose_bandwidth(own, seen_sizes, similarity, data.observed)
+        bandwidth = choose_bandwidth(own, seen_sizes, similarity, data.observed, shrunk)
     result = np.zeros((len(targets), len(slot.labels), means.shape[1]))
     for row, folds in own.items():
         seen = np.array(sorted(folds))
-        stacked = np.stack([folds[i] for i in seen])
+        travelling = shrunk.get(row, folds)  # pooled into one row (no contexts): as measured
+        stacked = np.stack([travelling[i] for i in seen])
         for out, target in enumerate(targets):
             if target in folds:
                 result[out, row] = folds[target]
@@ -145,11 +178,17 @@ def transfer_weights(sizes: np.ndarray, similarity: np.ndarray, bandwidth: float
 
 
 def choose_bandwidth(
-    own: dict[int, dict[int, np.ndarray]], sizes: np.ndarray, similarity: np.ndarray, observed: np.ndarray
+    own: dict[int, dict[int, np.ndarray]],
+    sizes: np.ndarray,
+    similarity: np.ndarray,
+    observed: np.ndarray,
+    travelling: dict[int, dict[int, np.ndarray]] | None = None,
 ) -> float:
     """The bandwidth of :data:`BANDWIDTHS` that best predicts each seen context's own fold
-    changes from the other contexts' (mean squared error over observed genes, leaving one seen
-    context out at a time); infinity (plain pooling) when no label is seen in three contexts."""
+    changes from the other contexts' (``travelling``: what they carry to other contexts, by
+    default ``own``; mean squared error over observed genes, leaving one seen context out at a
+    time); infinity (plain pooling) when no label is seen in three contexts."""
+    travelling = own if travelling is None else travelling
     errors = np.zeros(len(BANDWIDTHS))
     trials = 0
     for row, folds in own.items():
@@ -160,61 +199,9 @@ def choose_bandwidth(
             closeness = similarity[left_out, others]
             if np.isnan(closeness).any():
                 continue
-            stacked = np.stack([folds[i][observed] for i in others])
+            stacked = np.stack([travelling[row][i][observed] for i in others])
             for k, bandwidth in enumerate(BANDWIDTHS):
                 guess = transfer_weights(sizes[row, others], closeness, bandwidth) @ stacked
                 errors[k] += np.mean((guess - truth[observed]) ** 2)
             trials += 1
     return float(BANDWIDTHS[int(np.argmin(errors))]) if trials else np.inf
-
-
-def calibrate_tilts(
-    base: np.ndarray,
-    log_folds: np.ndarray,
-    table: np.ndarray,
-    iterations: int = 32,
-    pseudo_count: float = 0.0,
-    tail: np.ndarray | None = None,
-) -> np.ndarray:
-    """Tilts theta (P, G) so that base(k) * exp(theta * table[g, k]) has its mean fold-changed.
-
-    The fold applies as it was measured: with ``pseudo_count`` c the wanted mean is
-    (mean + c) * fold - c (floored at 1% of the base mean), so a fold measured as
-    (m_p + c) / (m_ctrl + c) gives back m_p in its own context, and a gene rising from almost
-    nothing rises by the measured amount rather than by a multiple of almost nothing.
-
-    ``base`` (G, 281) are the control token probabilities (as the model's token prior floors
-    them), ``log_folds`` (P, G) the wanted log fold changes of the mean, ``table`` from
-    :func:`tilt_table` (and ``tail``, what a raise adds past the highest count, from
-    :func:`lingshu.model.tilt.poisson_tail`). The tilted mean rises monotonically with theta, so bisection on
-    [-MAX_TILT, MAX_TILT] finds it (32 halvings: theta to ~1e-8); genes with no control counts,
-    or no change, keep theta = 0. Tokens above a gene's highest non-negligible one are left out
-    of its sums (floored at 1e-9 and never raised, they barely move its mean), which makes sparse genes cheap.
-    """
-    values = token_values()
-    log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
-    base_mean = base @ values
-    # Tokens up to the highest one above the floor: most genes use a few dozen of the 281.
-    widths = N_TOKENS - np.argmax(((base > TOKEN_FLOOR) | (table > 0))[:, ::-1], axis=1)
-    tilts = np.zeros_like(log_folds)
-    todo = np.argwhere((np.abs(log_folds) > 1e-3) & (base_mean[None, :] > 0))
-    todo = todo[np.argsort(widths[todo[:, 1]], kind="stable")]
-    for chunk in np.array_split(todo, max(1, len(todo) // 4096)):
-        if not len(chunk):
-            continue
-        p, g = chunk[:, 0], chunk[:, 1]
-        width = int(widths[g].max())
-        target = (base_mean[g] + pseudo_count) * np.exp(log_folds[p, g]) - pseudo_count
-        target = np.maximum(target, 0.01 * base_mean[g])
-        low, high = np.full(len(g), -MAX_TILT), np.full(len(g), MAX_TILT)
-        for _ in range(iterations):
-            middle = (low + high) / 2
-            raised = None if tail is None else tail[g, :width]
-            offsets = tilt_offsets(middle[:, None], table[g, :width], values[:width], raised)
-            logits = log_base[g, :width] + offsets
-            weights = np.exp(logits - logits.max(1, keepdims=True))
-            mean = (weights @ values[:width]) / weights.sum(1)
-            below = mean < target
-            low, high = np.where(below, middle, low), np.where(below, high, middle)
-        tilts[p, g] = (low + high) / 2
-    return tilts

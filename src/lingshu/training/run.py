@@ -140,7 +140,7 @@ def init_priors(
         tilts = np.stack(
             [calibrate_tilts(b, f, table, pseudo_count=PSEUDO_COUNT, tail=tail) for b, f in zip(bases, folds)]
         )
-        model.init_perturbation_tilt(torch.from_numpy(tilts), torch.from_numpy(table))
+        model.init_perturbation_tilt(*(torch.from_numpy(t) for t in (tilts, table, folds)))
     if model.config.has_depth_prior:
         # Measured on the controls too: each context's bins then hold its baseline at each depth.
         at_depth = data if controls is None else AlignedCounts(adata, alignment, cells=controls)
@@ -356,6 +356,7 @@ def _train(
         # A cytokine raises a gene in every cell, often far past what its controls show; a
         # genetic raise (CRISPRa) reaches some cells and not others, which a Poisson bump is not.
         overrides.setdefault("poisson_tail", n_perturbations > 0 and perturbation_kind == "cytokine")
+        overrides.setdefault("combine_folds", n_perturbations > 0)
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
