@@ -34,9 +34,10 @@ class ModelConfig:
     encoded conditions and its labels among the condition tokens (set from the data).
     ``perturbation_prior`` tilts each gene's token distribution by its perturbation's mean fold
     change against control in the training data (``logit += theta * count``; the parts of
-    a combination add), so a model starts at the additive-shift answer and the network learns the
-    rest; ``perturbation_column``/``perturbation_width``/``perturbation_offset``/
-    ``n_perturbation_labels`` locate the perturbation slot (set from the data).
+    a combination add their tilts, or with ``combine_folds`` their folds), so a model starts at
+    the additive-shift answer and the network learns the rest; ``perturbation_column``/
+    ``perturbation_width``/``perturbation_offset``/``n_perturbation_labels`` locate the
+    perturbation slot (set from the data).
     ``tilt_contexts`` > 1 keeps one tilt per context and perturbation (the context's own fold
     change where the pair was seen in training, the pooled one of the other contexts where not).
     ``depth_bins`` > 0 adds a *depth* condition: each training cell's library-size quantile bin

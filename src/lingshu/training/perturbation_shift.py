@@ -11,9 +11,11 @@ raising tilt (theta > 0) lifts the counts the control cells show for the gene an
 continuation (:func:`lingshu.model.tilt.poisson_tail`), the counts above them; without one a
 large raise saturates at the controls' highest count. A lowering tilt acts on every count, so the
 mass always moves towards zero (even where controls never showed a zero).
-Tilts of the parts of a combination add up, so an unseen
-double A+B starts from the product of its singles' fold changes: the additive-shift answer, on
-top of which the network learns what the data say beyond it.
+A combination A+B gets the tilt calibrated to its parts' summed log folds (the model keeps the
+folds: ``MaskPredictor.combination_tilt``), so an unseen double starts from the product of its
+singles' fold changes, the additive-shift answer, on top of which the network learns what the
+data say beyond it. Folds carried to a context that never saw the perturbation are first shrunk
+by their sampling noise (:mod:`lingshu.training.fold_shrinkage`).
 """
 
 from __future__ import annotations
