@@ -236,10 +236,18 @@ class MaskPredictor(nn.Module):
             if c.tilt_contexts > 1:
                 context = self._source_index(conditions)[:, None].expand_as(rows)
             shift = (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
-            if c.has_fold_combination:
-                for cell in torch.nonzero(valid.sum(1) > 1).flatten().tolist():
-                    parts = tuple(sorted(rows[cell][valid[cell]].tolist()))
-                    shift[cell] = self.combination_tilt(int(context[cell, 0]), parts).to(shift)
+            multi = torch.nonzero(valid.sum(1) > 1).flatten() if c.has_fold_combination else []
+            if len(multi):
+                # One calibrated tilt per distinct (context, sorted parts), not one lookup per cell.
+                parts = torch.where(valid[multi], rows[multi], -1).sort(1).values  # padding first
+                keys, which = torch.unique(
+                    torch.cat([context[multi, :1], parts], 1), dim=0, return_inverse=True
+                )
+                combined = [
+                    self.combination_tilt(key[0], tuple(r for r in key[1:] if r >= 0))
+                    for key in keys.tolist()
+                ]
+                shift[multi] = torch.stack(combined).to(shift)[which]
             total = total + shift
         if c.has_depth_prior:
             context, bins = self._depth_cell(conditions)

@@ -25,20 +25,8 @@ import pandas as pd
 
 from lingshu.data.conditions import ConditionSlot
 from lingshu.data.loader import AlignedCounts
-from lingshu.model.tilt import PSEUDO_COUNT, calibrate_tilts, poisson_tail, token_values
+from lingshu.model.tilt import PSEUDO_COUNT, poisson_tail, token_values
 from lingshu.training.fold_shrinkage import log_fold_variance, shrink_log_folds
-
-__all__ = [
-    "PSEUDO_COUNT",
-    "calibrate_tilts",
-    "choose_bandwidth",
-    "control_similarity",
-    "group_moments",
-    "log_fold_changes",
-    "raising_rule",
-    "tilt_table",
-    "transfer_weights",
-]
 
 
 def tilt_table(token_counts: np.ndarray) -> np.ndarray:

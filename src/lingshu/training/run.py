@@ -21,7 +21,7 @@ from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
-from lingshu.model.tilt import TOKEN_FLOOR
+from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -32,7 +32,7 @@ from lingshu.training.depth_shift import (
     depth_residuals,
     tilted_distributions,
 )
-from lingshu.training.perturbation_shift import PSEUDO_COUNT, calibrate_tilts, log_fold_changes, raising_rule
+from lingshu.training.perturbation_shift import log_fold_changes, raising_rule
 from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
 
