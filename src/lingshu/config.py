@@ -58,6 +58,12 @@ class ModelConfig:
     ((mean + c) * fold_A * fold_B - c), instead of the sum of the parts' tilts, which for a gene
     both parts raise from almost nothing multiplies two raises of almost nothing; training turns
     it on for perturbation models (off by default so that older checkpoints load as they were).
+    ``combine_log_means`` keeps each label's shift in mean log1p(count) against control beside
+    its tilts (measured where the label was seen in the context, else what its tilt gives) and
+    gives a combination A+B the tilt under which each gene's mean log1p(count) moves by the
+    parts' summed shifts: additive in log expression, the scale the perturbation metrics score
+    on, where summed count folds overshoot genes that a part sends to zero in some cells and up
+    in others. Training turns it on for perturbation models in place of ``combine_folds``.
     """
 
     n_genes: int = 0
@@ -90,6 +96,7 @@ class ModelConfig:
     depth_table_width: int = 32
     poisson_tail: bool = False
     combine_folds: bool = False
+    combine_log_means: bool = False
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0
@@ -116,9 +123,27 @@ class ModelConfig:
         return self.poisson_tail and self.has_tilts
 
     @property
+    def has_log_mean_combination(self) -> bool:
+        """Whether combinations get tilts matching their parts' summed log-expression shifts."""
+        return self.combine_log_means and self.has_perturbation_prior and self.token_prior
+
+    @property
     def has_fold_combination(self) -> bool:
-        """Whether combinations get tilts calibrated from their parts' summed fold changes."""
-        return self.combine_folds and self.has_perturbation_prior and self.token_prior
+        """Whether combinations get tilts calibrated from their parts' summed fold changes
+        (the log-expression rule wins where both are set)."""
+        return (
+            self.combine_folds
+            and not self.combine_log_means
+            and self.has_perturbation_prior
+            and self.token_prior
+        )
+
+    @property
+    def combination_rule(self) -> str:
+        """How a combination's shift prior is formed: 'log means', 'folds' or 'tilts' (added)."""
+        if self.has_log_mean_combination:
+            return "log means"
+        return "folds" if self.has_fold_combination else "tilts"
 
     @property
     def has_tilts(self) -> bool:
@@ -132,7 +157,9 @@ class ModelConfig:
             parts.append("context prior")
         if self.has_perturbation_prior:
             tail = ", Poisson tail" if self.has_poisson_tail else ""
-            combined = ", combined folds" if self.has_fold_combination else ""
+            combined = {"log means": ", combined log means", "folds": ", combined folds"}.get(
+                self.combination_rule, ""
+            )
             scope = "per context" if self.tilt_contexts > 1 else "pooled"
             parts.append(f"shift prior ({scope}{tail}{combined})")
         if self.has_depth_prior:

@@ -74,7 +74,9 @@ def test_predict_reports_unknown_names_and_wrong_models_clearly(tmp_path, counts
     assert result.exit_code == 2 and "without a perturbation condition" in result.output
 
 
-def test_the_poisson_tail_is_on_for_cytokines_and_a_switch_and_combinations_sum_folds_unless_told(tmp_path):
+def test_the_poisson_tail_is_on_for_cytokines_and_a_switch_and_combinations_sum_log_means_unless_told(
+    tmp_path,
+):
     data = tmp_path / "screen.h5ad"
     make_perturbation_adata(n_per_group=8).write_h5ad(data)
     keys = ["--source-key", "cell_line", "--perturbation-key", "perturbation", "--control-label", "control"]
@@ -92,10 +94,16 @@ def test_the_poisson_tail_is_on_for_cytokines_and_a_switch_and_combinations_sum_
             assert checkpoint.model_state["tilt_tail"].abs().sum() > 0
         else:
             assert checkpoint.model_state.get("tilt_tail") is None
-        # Combinations take their parts' summed folds unless told to add tilts.
-        assert checkpoint.model_config.has_fold_combination
-        assert checkpoint.model_state["perturbation_fold"].abs().sum() > 0
-    result = _train_tiny(data, tmp_path / "added", 1, *keys, "--add-tilts")
-    assert result.exit_code == 0, result.output
-    added = load_checkpoint(tmp_path / "added")
-    assert not added.model_config.has_fold_combination and "perturbation_fold" not in added.model_state
+        # Combinations take their parts' summed log-expression shifts unless told otherwise.
+        assert checkpoint.model_config.combination_rule == "log means"
+        assert checkpoint.model_state["perturbation_log_shift"].abs().sum() > 0
+        assert "perturbation_fold" not in checkpoint.model_state
+    for rule, buffer in (("folds", "perturbation_fold"), ("tilts", None)):
+        result = _train_tiny(data, tmp_path / rule, 1, *keys, "--combination", rule)
+        assert result.exit_code == 0, result.output
+        other = load_checkpoint(tmp_path / rule)
+        assert other.model_config.combination_rule == rule
+        assert "perturbation_log_shift" not in other.model_state
+        assert (buffer in other.model_state) if buffer else "perturbation_fold" not in other.model_state
+    result = _train_tiny(data, tmp_path / "bad", 1, *keys, "--combination", "products")
+    assert result.exit_code != 0 and "log-means" in result.output

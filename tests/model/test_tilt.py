@@ -7,11 +7,15 @@ from scipy import stats
 
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS, decode_tokens
 from lingshu.model.tilt import (
+    MAX_TILT,
     PSEUDO_COUNT,
     TOKEN_FLOOR,
     calibrate_tilts,
+    log_expression,
+    match_tilts,
     poisson_tail,
     tilt_offsets,
+    tilted_expectations,
     token_values,
 )
 
@@ -78,3 +82,19 @@ def test_a_fold_measured_with_a_pseudo_count_gives_back_the_perturbed_mean(pertu
     logits = np.log(np.clip(base[0], 1e-9, None)) + tilt_offsets(tilts[0, 0], table[0], values, tail[0])
     tilted = np.exp(logits - logits.max())
     assert (tilted / tilted.sum()) @ values == pytest.approx(perturbed_mean, rel=1e-3)
+
+
+def test_a_matched_tilt_reaches_the_wanted_mean_log_expression_and_stops_at_the_bound_when_out_of_reach():
+    base = stats.poisson([[2.0], [0.5]]).pmf(np.arange(N_EXPRESSION_TOKENS))
+    table = np.where(base > TOKEN_FLOOR, token_values(), 0.0)  # raise the counts the base shows
+    statistic = log_expression()
+    start = base @ statistic
+    target = np.array([[start[0] + 0.5, start[1] - 0.2], [start[0] - 0.3, -1.0]])  # -1: below log1p(0)
+    wanted = np.array([[True, True], [True, True]])
+    tilts = match_tilts(base, target, wanted, table, statistic)
+    reached = tilted_expectations(base, tilts, table, statistic)
+    np.testing.assert_allclose(reached[0], target[0], atol=1e-6)
+    assert reached[1, 0] == pytest.approx(target[1, 0], abs=1e-6)
+    assert tilts[1, 1] == pytest.approx(-MAX_TILT, abs=1e-6) and reached[1, 1] < 1e-6
+    # Entries not wanted keep theta = 0.
+    assert not match_tilts(base, target, ~wanted, table, statistic).any()

@@ -179,9 +179,10 @@ def test_a_model_without_a_source_slot_has_no_context_prior():
     assert model.context_prior is None and model.context_index(torch.tensor([[1]])) is None
 
 
-def _combining_model(folds: np.ndarray) -> MaskPredictor:
+def _combining_model(folds: np.ndarray, log_shifts: np.ndarray | None = None) -> MaskPredictor:
     """Four genes, labels control / A / B in a two-part slot; singles' tilts calibrated to
-    ``folds`` (3, 4) with the pseudo-count, raises continued by the Poisson tail."""
+    ``folds`` (3, 4) with the pseudo-count, raises continued by the Poisson tail. Combinations
+    sum the folds, or with ``log_shifts`` (3, 4) the shifts in mean log1p(count)."""
     model = _tiny(
         n_genes=4,
         patch_size=2,
@@ -192,7 +193,8 @@ def _combining_model(folds: np.ndarray) -> MaskPredictor:
         perturbation_width=2,
         n_perturbation_labels=3,
         poisson_tail=True,
-        combine_folds=True,
+        combine_folds=log_shifts is None,
+        combine_log_means=log_shifts is not None,
     )
     frequencies = np.zeros((4, N_EXPRESSION_TOKENS))
     frequencies[0, :2] = [0.98, 0.02]  # a gene at almost nothing: mean 0.02
@@ -208,15 +210,35 @@ def _combining_model(folds: np.ndarray) -> MaskPredictor:
         torch.from_numpy(tilts)[None].float(),
         torch.from_numpy(table).float(),
         torch.from_numpy(folds)[None].float(),
+        log_shifts=None if log_shifts is None else torch.from_numpy(log_shifts)[None].float(),
     )
     return model
 
 
-def _prior_means(model: MaskPredictor, *conditions: list[int]) -> np.ndarray:
+def _prior_means(
+    model: MaskPredictor, *conditions: list[int], statistic: np.ndarray | None = None
+) -> np.ndarray:
     tokens = torch.full((len(conditions), 4), MASK_TOKEN)
     with torch.no_grad():
         probabilities = torch.softmax(model(tokens, torch.tensor(conditions)).double(), -1)
-    return (probabilities @ torch.from_numpy(token_values())).numpy()
+    return (probabilities @ torch.from_numpy(token_values() if statistic is None else statistic)).numpy()
+
+
+def test_a_combination_moves_each_genes_mean_log_expression_by_its_parts_summed_shifts():
+    folds = np.zeros((3, 4))
+    folds[1, 1], folds[2, 1] = np.log(3.0), np.log(0.5)  # the singles' own tilts: not summed
+    log_shifts = np.zeros((3, 4))
+    log_shifts[1, 1], log_shifts[2, 1] = 0.3, -0.3  # A raises gene 1, B lowers it as much
+    log_shifts[1, 2], log_shifts[2, 2] = 0.2, 0.25  # both raise gene 2
+    model = _combining_model(folds, log_shifts)
+    statistic = np.log1p(token_values())
+    control, double, swapped = _prior_means(model, [0, -1], [1, 2], [2, 1], statistic=statistic)
+    np.testing.assert_allclose(double - control, [0.0, 0.0, 0.45, 0.0], atol=1e-4)
+    np.testing.assert_allclose(double, swapped, rtol=1e-6)
+    # A single keeps the tilt calibrated to its own fold: mean count x3.
+    tripled = (3.0 + PSEUDO_COUNT) * 3 - PSEUDO_COUNT  # gene 1 is Poisson(3) in the controls
+    assert _prior_means(model, [1, -1])[0, 1] == pytest.approx(tripled, rel=1e-3)
+    assert model.config.combination_rule == "log means" and "combined log means" in model.config.priors()
 
 
 def test_a_combination_moves_each_gene_by_its_parts_summed_folds_as_they_were_measured():

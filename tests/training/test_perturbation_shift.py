@@ -14,6 +14,7 @@ from lingshu.training.checkpoint import load_checkpoint
 from lingshu.training.perturbation_shift import (
     BANDWIDTHS,
     choose_bandwidth,
+    log_expression_shifts,
     log_fold_changes,
     transfer_weights,
 )
@@ -50,6 +51,46 @@ def test_fold_changes_are_measured_against_the_same_contexts_controls():
     np.testing.assert_allclose(folds[1, ko2, clear], folds[0, ko2, clear], rtol=0.02)
     assert np.abs(folds[1, ko2, untouched]).mean() < 0.5 * np.abs(folds[0, ko2, untouched]).mean()
     assert not folds[:, slot.labels.index("control")].any()
+
+
+def test_log_expression_shifts_are_measured_where_seen_and_taken_from_the_tilt_where_not(tmp_path):
+    adata = make_perturbation_adata(n_per_group=60)
+    adata = adata[
+        ~((adata.obs["cell_line"] == "ctxB") & (adata.obs["perturbation"] == "KO2")).to_numpy()
+    ].copy()
+    conditions = ConditionMap.from_obs(
+        adata.obs, {"source": "cell_line", "perturbation": "perturbation"}, control_label="control"
+    )
+    slot = conditions.slot("perturbation")
+    vocabulary = GeneVocabulary.from_adata(adata)
+    data = AlignedCounts(adata, vocabulary.align(adata))
+    shifts = log_expression_shifts(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"])
+    counts = np.log1p(adata[:, vocabulary.genes].X.toarray())
+    context, label = adata.obs["cell_line"].to_numpy(), adata.obs["perturbation"].to_numpy()
+    ko1, ko2 = slot.labels.index("KO1"), slot.labels.index("KO2")
+    for row, name in ((0, "ctxA"), (1, "ctxB")):
+        expected = counts[(context == name) & (label == "KO1")].mean(0)
+        expected = expected - counts[(context == name) & (label == "control")].mean(0)
+        np.testing.assert_allclose(shifts[row, ko1], expected, atol=1e-9)
+    assert np.isnan(shifts[1, ko2]).all() and not np.isnan(shifts[0, ko2]).any()
+    # Trained, the model keeps the measured shifts and fills ctxB's KO2 from its transferred tilt.
+    train(
+        adata,
+        tmp_path / "ckpt",
+        preset="tiny",
+        train_overrides={"max_steps": 1, "batch_size": 8},
+        progress=False,
+        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
+        control_label="control",
+    )
+    kept = load_checkpoint(tmp_path / "ckpt").model_state["perturbation_log_shift"].double().numpy()
+    rows = [slot.labels.index(name) for name in ("KO1", "KO2")]
+    np.testing.assert_allclose(kept[0, rows], shifts[0, rows], atol=1e-5)
+    np.testing.assert_allclose(kept[1, ko1], shifts[1, ko1], atol=1e-5)
+    silenced = [vocabulary.genes.index(g) for g in ("KO2", "DOWN2_a", "DOWN2_b")]
+    assert (kept[1, ko2, silenced] < -1.0).all()  # log1p of ~12 counts down to almost none
+    untouched = [i for i, g in enumerate(vocabulary.genes) if g.startswith("GENE")]
+    assert np.abs(kept[1, ko2, untouched]).mean() < 0.2
 
 
 def test_an_untrained_model_predicts_an_unseen_double_from_its_singles(tmp_path):

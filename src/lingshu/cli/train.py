@@ -17,6 +17,21 @@ from lingshu.data.splits import apply_cell_split, load_split
 from lingshu.training import distributed
 from lingshu.training.run import train as train_model
 
+COMBINATION_RULES = {
+    "log-means": {"combine_log_means": True, "combine_folds": False},
+    "folds": {"combine_log_means": False, "combine_folds": True},
+    "tilts": {"combine_log_means": False, "combine_folds": False},
+}
+
+
+def combination_settings(rule: str) -> dict[str, bool]:
+    """The model settings of a --combination rule; an unknown rule fails, listing the known."""
+    if rule not in COMBINATION_RULES:
+        raise typer.BadParameter(
+            f"unknown --combination {rule!r}; choose from {', '.join(COMBINATION_RULES)}"
+        )
+    return COMBINATION_RULES[rule]
+
 
 @app.command("train")
 @user_errors_as_messages
@@ -116,12 +131,12 @@ def train(
         help="With --perturbation-key: let the shift prior raise a gene past its controls' highest "
         "count as a Poisson bump (default: on for --perturbation-kind cytokine, off for genetic).",
     ),
-    combine_folds: bool = typer.Option(
-        True,
-        "--combine-folds/--add-tilts",
-        help="With --perturbation-key: give a combination A+B the shift that moves each gene by "
-        "the parts' summed log fold changes, applied as measured (default), or the sum of the "
-        "parts' tilts.",
+    combination: str = typer.Option(
+        "log-means",
+        "--combination",
+        help="With --perturbation-key, how a combination A+B's shift is formed from its parts': "
+        "'log-means' moves each gene's mean log1p(count) by the parts' summed shifts (default), "
+        "'folds' its mean count by their summed log fold changes, 'tilts' adds their tilts.",
     ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
@@ -155,8 +170,7 @@ def train(
         model_overrides["depth_table_width"] = depth_table_width
     if poisson_tail is not None:
         model_overrides["poisson_tail"] = poisson_tail
-    if not combine_folds:
-        model_overrides["combine_folds"] = False
+    model_overrides.update(combination_settings(combination))
     condition_keys = {"source": source_key} if source_key else {}
     if perturbation_key:
         condition_keys["perturbation"] = perturbation_key

@@ -75,27 +75,78 @@ def calibrate_tilts(
     ``base`` (G, 281) are the control token probabilities (as the model's token prior floors
     them), ``log_folds`` (P, G) the wanted log fold changes of the mean, ``table`` what a raise
     multiplies (G, 281; the model's ``tilt_table``) and ``tail`` what it adds past the highest
-    count (:func:`poisson_tail`). The tilted mean rises monotonically with theta, so bisection
-    on [-MAX_TILT, MAX_TILT] finds it (32 halvings: theta to ~1e-8); genes with no control
-    counts, or no change, keep theta = 0. Tokens above a gene's highest non-negligible one are
-    left out of its sums (floored at TOKEN_FLOOR and never raised, they barely move its mean),
-    which makes sparse genes cheap.
+    count (:func:`poisson_tail`). Genes with no control counts, or no change, keep theta = 0;
+    the search is :func:`match_tilts` on the count.
+    """
+    values = token_values()
+    base_mean = base @ values
+    target = (base_mean[None, :] + pseudo_count) * np.exp(log_folds) - pseudo_count
+    target = np.maximum(target, 0.01 * base_mean[None, :])
+    wanted = (np.abs(log_folds) > 1e-3) & (base_mean[None, :] > 0)
+    return match_tilts(base, target, wanted, table, values, iterations, tail)
+
+
+def log_expression(values: np.ndarray | None = None) -> np.ndarray:
+    """Each expression token's log1p of its decoded count (281,): the statistic a combination's
+    tilt matches (:meth:`lingshu.model.transformer.MaskPredictor.combination_tilt`)."""
+    return np.log1p(token_values() if values is None else values)
+
+
+def tilted_probabilities(
+    base: np.ndarray, tilts: np.ndarray, table: np.ndarray, tail: np.ndarray | None = None
+) -> np.ndarray:
+    """Token distributions (G, 281) of ``base`` (G, 281) tilted by ``tilts`` (G,), as the
+    model's logits form them (the base floored at TOKEN_FLOOR)."""
+    log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
+    logits = log_base + tilt_offsets(tilts[:, None], table, token_values(), tail)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
+
+
+def tilted_expectations(
+    base: np.ndarray,
+    tilts: np.ndarray,
+    table: np.ndarray,
+    statistic: np.ndarray,
+    tail: np.ndarray | None = None,
+) -> np.ndarray:
+    """Expected ``statistic`` (281,) of each gene under ``base`` (G, 281) tilted by each row of
+    ``tilts`` (P, G): (P, G)."""
+    return np.stack([tilted_probabilities(base, row, table, tail) @ statistic for row in tilts])
+
+
+def match_tilts(
+    base: np.ndarray,
+    target: np.ndarray,
+    wanted: np.ndarray,
+    table: np.ndarray,
+    statistic: np.ndarray,
+    iterations: int = 32,
+    tail: np.ndarray | None = None,
+) -> np.ndarray:
+    """Tilts theta (P, G) under which each gene's expected ``statistic`` (281,; increasing in
+    the count) reaches ``target`` (P, G), for the entries ``wanted`` (P, G, bool); the others
+    keep theta = 0. ``base``, ``table`` and ``tail`` as in :func:`calibrate_tilts`.
+
+    The tilted expectation rises monotonically with theta, so bisection on
+    [-MAX_TILT, MAX_TILT] finds it (32 halvings: theta to ~1e-8); a target out of reach ends
+    at the bound. Tokens above a gene's highest non-negligible one are left out of its sums
+    (floored at TOKEN_FLOOR and never raised, they barely move it), which makes sparse genes
+    cheap.
     """
     values = token_values()
     log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
-    base_mean = base @ values
     # Tokens up to the highest one above the floor: most genes use a few dozen of the 281.
     widths = base.shape[-1] - np.argmax(((base > TOKEN_FLOOR) | (table > 0))[:, ::-1], axis=1)
-    tilts = np.zeros_like(log_folds)
-    todo = np.argwhere((np.abs(log_folds) > 1e-3) & (base_mean[None, :] > 0))
+    tilts = np.zeros(np.shape(target))
+    todo = np.argwhere(wanted)
     todo = todo[np.argsort(widths[todo[:, 1]], kind="stable")]
     for chunk in np.array_split(todo, max(1, len(todo) // 4096)):
         if not len(chunk):
             continue
         p, g = chunk[:, 0], chunk[:, 1]
         width = int(widths[g].max())
-        target = (base_mean[g] + pseudo_count) * np.exp(log_folds[p, g]) - pseudo_count
-        target = np.maximum(target, 0.01 * base_mean[g])
+        goal = target[p, g]
         low, high = np.full(len(g), -MAX_TILT), np.full(len(g), MAX_TILT)
         for _ in range(iterations):
             middle = (low + high) / 2
@@ -103,8 +154,8 @@ def calibrate_tilts(
             offsets = tilt_offsets(middle[:, None], table[g, :width], values[:width], raised)
             logits = log_base[g, :width] + offsets
             weights = np.exp(logits - logits.max(1, keepdims=True))
-            mean = (weights @ values[:width]) / weights.sum(1)
-            below = mean < target
+            reached = (weights @ statistic[:width]) / weights.sum(1)
+            below = reached < goal
             low, high = np.where(below, middle, low), np.where(below, high, middle)
         tilts[p, g] = (low + high) / 2
     return tilts

@@ -17,7 +17,15 @@ from torch import nn
 
 from lingshu.config import ModelConfig
 from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, N_EXPRESSION_TOKENS
-from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts, tilt_offsets, token_values
+from lingshu.model.tilt import (
+    PSEUDO_COUNT,
+    TOKEN_FLOOR,
+    calibrate_tilts,
+    log_expression,
+    match_tilts,
+    tilt_offsets,
+    token_values,
+)
 
 
 class RMSNorm(nn.Module):
@@ -140,6 +148,14 @@ class MaskPredictor(nn.Module):
             if config.has_fold_combination
             else None,
         )
+        # Per perturbation label and gene, its shift in mean log1p(count) against control: a
+        # combination's tilt matches its parts' sum (see combination_tilt).
+        self.register_buffer(
+            "perturbation_log_shift",
+            torch.zeros(config.tilt_contexts, config.n_perturbation_labels, g)
+            if config.has_log_mean_combination
+            else None,
+        )
         # Calibrated combination tilts, (tilt context, label rows) -> (G,) on the CPU; emptied
         # whenever a table they derive from is set or loaded.
         self._combination_tilts: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
@@ -236,7 +252,8 @@ class MaskPredictor(nn.Module):
             if c.tilt_contexts > 1:
                 context = self._source_index(conditions)[:, None].expand_as(rows)
             shift = (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
-            multi = torch.nonzero(valid.sum(1) > 1).flatten() if c.has_fold_combination else []
+            combines = c.combination_rule != "tilts"
+            multi = torch.nonzero(valid.sum(1) > 1).flatten() if combines else []
             if len(multi):
                 # One calibrated tilt per distinct (context, sorted parts), not one lookup per cell.
                 parts = torch.where(valid[multi], rows[multi], -1).sort(1).values  # padding first
@@ -276,34 +293,52 @@ class MaskPredictor(nn.Module):
     @torch.no_grad()
     def combination_tilt(self, context: int, parts: tuple[int, ...]) -> torch.Tensor:
         """The shift prior's tilt (G,) of a combination of perturbation label rows ``parts`` in
-        tilt context ``context``: each gene's mean moves by the parts' summed log fold changes,
-        applied as they were measured (``lingshu.model.tilt.calibrate_tilts`` with the fold's
-        pseudo-count), against the base the single labels were calibrated on. Cached."""
+        tilt context ``context``, against the base the single labels were calibrated on
+        (:meth:`tilt_base`). With log means, each gene's mean log1p(count) moves by the parts'
+        summed shifts; with folds, its mean count moves by the parts' summed log fold changes,
+        applied as they were measured (:func:`~lingshu.model.tilt.calibrate_tilts` with the
+        fold's pseudo-count). Cached."""
         key = (context, parts)
         if key not in self._combination_tilts:
             base = self.tilt_base(context)
-            folds = self.perturbation_fold[context, list(parts)].double().sum(0).cpu().numpy()
             tail = self.tilt_tail.double().cpu().numpy() if self.config.has_poisson_tail else None
             table = self.tilt_table.double().cpu().numpy()
-            theta = calibrate_tilts(base, folds[None], table, pseudo_count=PSEUDO_COUNT, tail=tail)[0]
+            if self.config.has_log_mean_combination:
+                shift = self.perturbation_log_shift[context, list(parts)].double().sum(0).cpu().numpy()
+                statistic = log_expression()
+                target = (base @ statistic + shift)[None]
+                wanted = (np.abs(shift) > 1e-6) & (base @ token_values() > 0)
+                theta = match_tilts(base, target, wanted[None], table, statistic, tail=tail)[0]
+            else:
+                folds = self.perturbation_fold[context, list(parts)].double().sum(0).cpu().numpy()
+                theta = calibrate_tilts(base, folds[None], table, pseudo_count=PSEUDO_COUNT, tail=tail)[0]
             self._combination_tilts[key] = torch.from_numpy(theta).float()
         return self._combination_tilts[key]
 
     @torch.no_grad()
     def init_perturbation_tilt(
-        self, tilts: torch.Tensor, table: torch.Tensor, folds: torch.Tensor | None = None
+        self,
+        tilts: torch.Tensor,
+        table: torch.Tensor,
+        folds: torch.Tensor | None = None,
+        log_shifts: torch.Tensor | None = None,
     ) -> None:
         """Set the shift prior's tilts (tilt_contexts, n_perturbation_labels, G), what they
-        multiply (G, 281) and, for a model that combines folds, the log fold changes (same shape
-        as the tilts) they were calibrated to."""
+        multiply (G, 281) and what a combination is formed from (same shape as the tilts): for
+        a model that combines folds, the log fold changes the tilts were calibrated to; for one
+        that combines log means, each label's shift in mean log1p(count)."""
         if not self.uses_perturbation_prior:
             raise ValueError("this model has no perturbation prior (no perturbation condition)")
         if self.config.has_fold_combination and folds is None:
             raise ValueError("this model combines fold changes: give the folds its tilts were calibrated to")
+        if self.config.has_log_mean_combination and log_shifts is None:
+            raise ValueError("this model combines log means: give each label's log-expression shift")
         self.perturbation_tilt.copy_(tilts.to(self.perturbation_tilt))
         self.tilt_table.copy_(table.to(self.tilt_table))
         if self.perturbation_fold is not None:
             self.perturbation_fold.copy_(folds.to(self.perturbation_fold))
+        if self.perturbation_log_shift is not None:
+            self.perturbation_log_shift.copy_(log_shifts.to(self.perturbation_log_shift))
         self._combination_tilts.clear()
 
     def depth_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:

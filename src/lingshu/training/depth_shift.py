@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lingshu.model.tilt import TOKEN_FLOOR, calibrate_tilts, tilt_offsets, token_values
+from lingshu.model.tilt import calibrate_tilts, tilted_probabilities
 
 # Pseudo-cells of the tilted distribution mixed into each bin's own token frequencies.
 DEPTH_SHRINKAGE = 1.0
@@ -64,14 +64,9 @@ def tilted_distributions(
 ) -> np.ndarray:
     """Truncated token distributions (n_bins, G, width + 1) of ``base`` (G, 281) under each
     bin's tilts (n_bins, G), as the model's logits form them."""
-    log_base = np.log(np.clip(base, TOKEN_FLOOR, None))
-    values = token_values()
-    result = []
-    for bin_tilts in tilts:
-        logits = log_base + tilt_offsets(bin_tilts[:, None], table, values, tail)
-        weights = np.exp(logits - logits.max(-1, keepdims=True))
-        result.append(truncate_probabilities(weights / weights.sum(-1, keepdims=True), width))
-    return np.stack(result)
+    return np.stack(
+        [truncate_probabilities(tilted_probabilities(base, t, table, tail), width) for t in tilts]
+    )
 
 
 def depth_residuals(tilted: np.ndarray, counts: np.ndarray, shrinkage: float) -> np.ndarray:

@@ -11,14 +11,17 @@ raising tilt (theta > 0) lifts the counts the control cells show for the gene an
 continuation (:func:`lingshu.model.tilt.poisson_tail`), the counts above them; without one a
 large raise saturates at the controls' highest count. A lowering tilt acts on every count, so the
 mass always moves towards zero (even where controls never showed a zero).
-A combination A+B gets the tilt calibrated to its parts' summed log folds (the model keeps the
-folds: ``MaskPredictor.combination_tilt``), so an unseen double starts from the product of its
-singles' fold changes, the additive-shift answer, on top of which the network learns what the
-data say beyond it. Folds carried to a context that never saw the perturbation are first shrunk
-by their sampling noise (:mod:`lingshu.training.fold_shrinkage`).
+A combination A+B gets the tilt under which each gene's mean log1p(count) moves by its parts'
+summed shifts (:func:`log_expression_shifts`; the model keeps them and forms the tilt:
+``MaskPredictor.combination_tilt``), so an unseen double starts from the additive answer in
+log expression, on top of which the network learns what the data say beyond it. Folds carried
+to a context that never saw the perturbation are first shrunk by their sampling noise
+(:mod:`lingshu.training.fold_shrinkage`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -48,10 +51,14 @@ def raising_rule(frequencies: np.ndarray, with_tail: bool) -> tuple[np.ndarray, 
 
 
 def group_moments(
-    data: AlignedCounts, groups: np.ndarray, n_groups: int, chunk_size: int = 1024
+    data: AlignedCounts,
+    groups: np.ndarray,
+    n_groups: int,
+    chunk_size: int = 1024,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and per-cell variance (n_groups, G each) of every gene's count in each group of
-    cells (-1 = in no group); a group of one cell has variance 0."""
+    """Mean and per-cell variance (n_groups, G each) of every gene's count (or of ``transform``
+    of it) in each group of cells (-1 = in no group); a group of one cell has variance 0."""
     sums = np.zeros((n_groups, len(data.observed)))
     squares = np.zeros_like(sums)
     sizes = np.bincount(groups[groups >= 0], minlength=n_groups).astype(np.float64)
@@ -60,11 +67,41 @@ def group_moments(
         chosen = rows[groups[rows] >= 0]
         if len(chosen):
             counts = data.rows(chosen).astype(np.float64)
+            if transform is not None:
+                counts = transform(counts)
             np.add.at(sums, groups[chosen], counts)
             np.add.at(squares, groups[chosen], counts**2)
     means = sums / np.maximum(sizes, 1)[:, None]
     variances = np.maximum(squares - sizes[:, None] * means**2, 0) / np.maximum(sizes - 1, 1)[:, None]
     return means, variances
+
+
+def context_label_groups(
+    obs: pd.DataFrame, label_key: str, context_key: str | None
+) -> tuple[dict[tuple[str, str], int], np.ndarray]:
+    """Each (context, label) pair of the cells, numbered in sorted order, and each cell's
+    number; without ``context_key`` every cell is in context ''."""
+    labels = obs[label_key].astype(str).to_numpy()
+    contexts = obs[context_key].astype(str).to_numpy() if context_key else np.zeros(len(obs), dtype=str)
+    lookup = {pair: i for i, pair in enumerate(sorted(set(zip(contexts, labels))))}
+    return lookup, np.array([lookup[pair] for pair in zip(contexts, labels)])
+
+
+def log_expression_shifts(
+    data: AlignedCounts, obs: pd.DataFrame, slot: ConditionSlot, context_key: str | None, contexts: list[str]
+) -> np.ndarray:
+    """Each single-part label's shift in mean log1p(count) against control (C, n_labels, G),
+    per context of ``contexts`` where the context has both the label's cells and controls;
+    NaN where it has not (unobserved genes: 0)."""
+    lookup, groups = context_label_groups(obs, slot.key, context_key)
+    log_means, _ = group_moments(data, groups, len(lookup), transform=np.log1p)
+    result = np.full((len(contexts), len(slot.labels), log_means.shape[1]), np.nan)
+    for (context, label), index in lookup.items():
+        control = lookup.get((context, slot.control_label))
+        if context in contexts and label in slot.labels and control is not None:
+            result[contexts.index(context), slot.labels.index(label)] = log_means[index] - log_means[control]
+    result[..., ~data.observed] = 0.0
+    return result
 
 
 def log_fold_changes(
@@ -86,14 +123,10 @@ def log_fold_changes(
     Without ``contexts``, one row (C = 1) pooled over contexts, weighted by perturbed cells.
     Labels never seen alone (only inside combinations) and the control label get 0.
     """
-    labels = obs[slot.key].astype(str).to_numpy()
-    cell_contexts = obs[context_key].astype(str).to_numpy() if context_key else np.zeros(len(obs), dtype=str)
-    pairs = pd.Index(sorted(set(zip(cell_contexts, labels))))
-    lookup = {pair: i for i, pair in enumerate(pairs)}
-    groups = np.array([lookup[(c, lab)] for c, lab in zip(cell_contexts, labels)])
-    means, variances = group_moments(data, groups, len(pairs))
-    sizes = np.bincount(groups, minlength=len(pairs))
-    names = sorted(set(cell_contexts))
+    lookup, groups = context_label_groups(obs, slot.key, context_key)
+    means, variances = group_moments(data, groups, len(lookup))
+    sizes = np.bincount(groups, minlength=len(lookup))
+    names = sorted({context for context, _ in lookup})
     # own[row] maps each context index (in ``names``) that saw label ``row`` to its fold change,
     # shrunk[row] to the same shrunk by its noise: what travels to other contexts.
     own: dict[int, dict[int, np.ndarray]] = {}

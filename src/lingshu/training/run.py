@@ -21,7 +21,7 @@ from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
-from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts
+from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts, log_expression, tilted_expectations
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -32,7 +32,7 @@ from lingshu.training.depth_shift import (
     depth_residuals,
     tilted_distributions,
 )
-from lingshu.training.perturbation_shift import log_fold_changes, raising_rule
+from lingshu.training.perturbation_shift import log_expression_shifts, log_fold_changes, raising_rule
 from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
 
@@ -140,12 +140,47 @@ def init_priors(
         tilts = np.stack(
             [calibrate_tilts(b, f, table, pseudo_count=PSEUDO_COUNT, tail=tail) for b, f in zip(bases, folds)]
         )
-        model.init_perturbation_tilt(*(torch.from_numpy(t) for t in (tilts, table, folds)))
+        log_shifts = None
+        if model.config.has_log_mean_combination:
+            # Measured where a context saw the label (per-context tilts only), else what its tilt gives.
+            measured = np.full(tilts.shape, np.nan)
+            if per_context:
+                measured = log_expression_shifts(
+                    every_cell, adata.obs, perturbation, source.key, source.labels
+                )
+            log_shifts = torch.from_numpy(implied_log_shifts(measured, bases, tilts, table, tail))
+        model.init_perturbation_tilt(
+            *(torch.from_numpy(t) for t in (tilts, table, folds)), log_shifts=log_shifts
+        )
     if model.config.has_depth_prior:
         # Measured on the controls too: each context's bins then hold its baseline at each depth.
         at_depth = data if controls is None else AlignedCounts(adata, alignment, cells=controls)
         depth_obs = obs if obs is not None else adata.obs
         init_depth_prior(model, conditions, at_depth, base, depth_obs, (table, tail))
+
+
+def implied_log_shifts(
+    measured: np.ndarray,
+    bases: list[np.ndarray],
+    tilts: np.ndarray,
+    table: np.ndarray,
+    tail: np.ndarray | None,
+) -> np.ndarray:
+    """Each label's shift in mean log1p(count) per context (C, n_labels, G): as ``measured``
+    where the context saw the label, else what the label's tilt gives against the base it was
+    calibrated on (a transferred fold's log-expression shift)."""
+    statistic = log_expression()
+    result = measured.copy()
+    for context, (base, context_tilts) in enumerate(zip(bases, tilts)):
+        rows = np.flatnonzero(np.isnan(measured[context]).any(-1))
+        if len(rows):
+            implied = (
+                tilted_expectations(base, context_tilts[rows], table, statistic, tail) - base @ statistic
+            )
+            result[context, rows] = np.where(
+                np.isnan(measured[context, rows]), implied, measured[context, rows]
+            )
+    return result
 
 
 def init_depth_prior(
@@ -356,7 +391,7 @@ def _train(
         # A cytokine raises a gene in every cell, often far past what its controls show; a
         # genetic raise (CRISPRa) reaches some cells and not others, which a Poisson bump is not.
         overrides.setdefault("poisson_tail", n_perturbations > 0 and perturbation_kind == "cytokine")
-        overrides.setdefault("combine_folds", n_perturbations > 0)
+        overrides.setdefault("combine_log_means", n_perturbations > 0)
         model_config: ModelConfig = replace(
             chosen.model,
             n_genes=len(vocabulary),
