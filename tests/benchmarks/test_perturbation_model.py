@@ -57,7 +57,8 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
     assert (
         "## Model settings" in report
         and "- `lingshu`: checkpoint step 3, 3 unmasking steps, guidance w=2.0" in report
-        and "model tables: token prior, context prior, shift prior (per context, combined log means)" in report
+        and "model tables: token prior, context prior, shift prior (per context, combined log means)"
+        in report
     )
     predicted = ad.read_h5ad(out / "predictions" / "lingshu.h5ad")
     assert predicted.uns["lingshu"]["guidance"] == 2.0 and predicted.uns["lingshu"]["n_steps"] == 3

@@ -27,10 +27,30 @@ def test_cli_runs_a_user_split_and_writes_metrics_and_report(toy_perturbation_ta
     assert (out / "report.md").is_file() and "report:" in result.output
 
 
+def test_cli_repeats_the_benchmark_over_seeds_and_summarises_them(toy_perturbation_task, tmp_path):
+    split = tmp_path / "mine.json"
+    split.write_text(json.dumps(toy_perturbation_task[0]))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["benchmark", "perturbation", "--split", str(split), "--methods", "control,additive_shift"]
+        + ["--out", str(out), "--seeds", "0,1", "--no-plots"],
+    )
+    assert result.exit_code == 0, result.output
+    first, second = (pd.read_csv(out / f"seed_{s}" / "metrics.csv") for s in (0, 1))
+    # The baselines' draws and the half-split change with the seed.
+    assert not first["mae"].equals(second["mae"])
+    summary = pd.read_csv(out / "metrics_seed_summary.csv")
+    assert (summary["n_seeds"] == 2).all() and "pearson_delta_std" in summary
+    assert "over seeds" in result.output and (out / "seeds.md").is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ([], "give --task"),
+        (["--task", "kang", "--seeds", "1,x"], "comma-separated integers"),
+        (["--task", "kang", "--seeds", "1,1"], "distinct integers"),
         (["--task", "nope"], "unknown task 'nope'"),
         (["--task", "kang", "--methods", "nope"], "unknown methods"),
     ],

@@ -185,6 +185,18 @@ def memory(
     typer.echo(f"wrote {out}")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from "0,1,2": distinct integers, at least one; anything else is a clear error."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"--seeds takes one or more distinct integers, got {text!r}")
+    return values
+
+
 @benchmark_app.command("perturbation")
 @user_errors_as_messages
 def perturbation(
@@ -230,7 +242,17 @@ def perturbation(
     out: Path | None = typer.Option(
         None, "--out", help="Output directory (default: runs/benchmark_perturbation/<task>)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the baselines' draws and of the half-split ceiling."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the model's training and sampling, the baselines' draws and the half-split.",
+    ),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Comma-separated seeds (e.g. 0,1,2,3,4): run the whole benchmark once per seed into "
+        "<out>/seed_<S>/ and write the mean, spread and goal per seed (seeds.md); overrides --seed.",
+    ),
     threads: int = typer.Option(1, "--threads", help="Threads for cell-eval's differential expression."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the figures (UMAP is the slow part)."),
 ) -> None:
@@ -246,34 +268,52 @@ def perturbation(
     from lingshu.benchmarks.perturbation import PERTURBATION_METHODS
     from lingshu.benchmarks.perturbation_model import MODEL_METHOD, LingshuPredictor, ablation_methods
 
-    model = LingshuPredictor(
-        model_dir=out / "model",
-        preset=preset,
-        train_overrides={k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v},
-        model_overrides={"patch_size": patch_size} if patch_size else {},
-        depth_bins=depth_bins,
-        n_steps=sampling_steps,
-        guidance=guidance,
-        use_prior=prior,
-        device=device,
-    )
-    chosen_methods = {}
-    for name in (m.strip() for m in methods.split(",") if m.strip()):
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
         if name != MODEL_METHOD and name not in PERTURBATION_METHODS:
             raise ValueError(
                 f"unknown methods ['{name}']; choose from {MODEL_METHOD}, {', '.join(PERTURBATION_METHODS)}"
             )
-        chosen_methods[name] = model if name == MODEL_METHOD else PERTURBATION_METHODS[name]
-    if ablation:
-        chosen_methods.update(ablation_methods(out / "ablation_models", model))
-    result = run_perturbation_benchmark(
-        chosen,
-        methods=chosen_methods,
-        out_dir=out,
-        seed=seed,
-        num_threads=threads,
-        plots=plots,
-    )
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+
+    def run_once(run_out: Path, run_seed: int):
+        model = LingshuPredictor(
+            model_dir=run_out / "model",
+            preset=preset,
+            train_overrides={
+                k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v
+            },
+            model_overrides={"patch_size": patch_size} if patch_size else {},
+            depth_bins=depth_bins,
+            n_steps=sampling_steps,
+            guidance=guidance,
+            use_prior=prior,
+            device=device,
+        )
+        chosen_methods = {n: model if n == MODEL_METHOD else PERTURBATION_METHODS[n] for n in names}
+        if ablation:
+            chosen_methods.update(ablation_methods(run_out / "ablation_models", model))
+        return run_perturbation_benchmark(
+            chosen,
+            methods=chosen_methods,
+            out_dir=run_out,
+            seed=run_seed,
+            num_threads=threads,
+            plots=plots,
+        )
+
     columns = ["method", "block", "mae", "pearson_delta", "overlap_at_N", "score_vs_perturbation_mean"]
+    if seed_list is not None:
+        from lingshu.benchmarks.perturbation_seeds import write_seed_summary
+
+        per_seed = {}
+        for each in seed_list:
+            typer.echo(f"seed {each}: {out / f'seed_{each}'}")
+            per_seed[each] = run_once(out / f"seed_{each}", each).metrics
+        write_seed_summary(per_seed, out)
+        typer.echo((out / "seeds.md").read_text())
+        typer.echo(f"report: {out / 'seeds.md'}")
+        return
+    result = run_once(out, seed)
     typer.echo(result.metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"report: {out / 'report.md'}")
