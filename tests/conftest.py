@@ -58,6 +58,22 @@ def make_perturbation_adata(n_per_group: int = 24, n_genes: int = 30, seed: int 
     )
 
 
+def train_one_step(adata: ad.AnnData, out, condition_keys: dict, control_label=None, depth_bins: int = 0):
+    """A tiny model after one training step: its priors and an untrained network."""
+    from lingshu.training.run import train
+
+    return train(
+        adata,
+        out,
+        preset="tiny",
+        train_overrides={"max_steps": 1, "batch_size": 8},
+        progress=False,
+        condition_keys=condition_keys,
+        control_label=control_label,
+        depth_bins=depth_bins,
+    )
+
+
 @pytest.fixture
 def counts_adata() -> ad.AnnData:
     return make_counts_adata()

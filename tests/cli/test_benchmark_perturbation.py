@@ -12,15 +12,21 @@ pytest.importorskip(
 runner = CliRunner()
 
 
-def test_cli_runs_a_user_split_and_writes_metrics_and_report(toy_perturbation_task, tmp_path):
+def _run_baselines_on_user_split(task, tmp_path, *extra: str):
+    """``lingshu benchmark perturbation`` with two baselines on the toy task as a user's split file."""
     split = tmp_path / "mine.json"
-    split.write_text(json.dumps(toy_perturbation_task[0]))
+    split.write_text(json.dumps(task[0]))
     out = tmp_path / "out"
     result = runner.invoke(
         app,
         ["benchmark", "perturbation", "--split", str(split), "--methods", "control,additive_shift"]
-        + ["--out", str(out), "--seed", "3", "--no-plots"],
+        + ["--out", str(out), "--no-plots", *extra],
     )
+    return result, out
+
+
+def test_cli_runs_a_user_split_and_writes_metrics_and_report(toy_perturbation_task, tmp_path):
+    result, out = _run_baselines_on_user_split(toy_perturbation_task, tmp_path, "--seed", "3")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "metrics.csv")
     assert {"control", "additive_shift"} <= set(table["method"])
@@ -28,14 +34,7 @@ def test_cli_runs_a_user_split_and_writes_metrics_and_report(toy_perturbation_ta
 
 
 def test_cli_repeats_the_benchmark_over_seeds_and_summarises_them(toy_perturbation_task, tmp_path):
-    split = tmp_path / "mine.json"
-    split.write_text(json.dumps(toy_perturbation_task[0]))
-    out = tmp_path / "out"
-    result = runner.invoke(
-        app,
-        ["benchmark", "perturbation", "--split", str(split), "--methods", "control,additive_shift"]
-        + ["--out", str(out), "--seeds", "0,1", "--no-plots"],
-    )
+    result, out = _run_baselines_on_user_split(toy_perturbation_task, tmp_path, "--seeds", "0,1")
     assert result.exit_code == 0, result.output
     first, second = (pd.read_csv(out / f"seed_{s}" / "metrics.csv") for s in (0, 1))
     # The baselines' draws and the half-split change with the seed.

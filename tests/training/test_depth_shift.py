@@ -14,7 +14,7 @@ from lingshu.data.loader import AlignedCounts
 from lingshu.data.tokenizer import MASK_TOKEN, encode_counts
 from lingshu.inference.generate import generate
 from lingshu.training.depth_shift import DEPTH_SHRINKAGE, depth_log_folds, depth_residuals
-from lingshu.training.run import train
+from tests.conftest import train_one_step
 
 
 def test_log_folds_are_each_bins_mean_depth_over_its_contexts():
@@ -57,19 +57,6 @@ def _deep_and_shallow_cells(n_cells: int = 160, n_genes: int = 40, seed: int = 0
     )
 
 
-def _train_one_step(adata: ad.AnnData, out, depth_bins: int):
-    """A cell-type model after one step: its generated cells show its priors, not learning."""
-    return train(
-        adata,
-        out,
-        preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
-        progress=False,
-        condition_keys={"source": "cell_type"},
-        depth_bins=depth_bins,
-    )
-
-
 @pytest.mark.parametrize("depth_bins", [4, 0])
 def test_an_untrained_depth_model_generates_deep_cells_for_deep_bins(tmp_path, depth_bins):
     """One training step: the network has learned nothing, so the spread of generated library
@@ -77,7 +64,7 @@ def test_an_untrained_depth_model_generates_deep_cells_for_deep_bins(tmp_path, d
     shallowest quarter; without depth bins every gene is drawn independently and library sizes
     barely vary (the test's depth_bins=0 case checks that this gap is the depth prior's work)."""
     adata = _deep_and_shallow_cells()
-    checkpoint = _train_one_step(adata, tmp_path / "ckpt", depth_bins)
+    checkpoint = train_one_step(adata, tmp_path / "ckpt", {"source": "cell_type"}, depth_bins=depth_bins)
     cells = generate(checkpoint, 400, n_steps=4, progress=False, seed=1)
     sizes = np.asarray(cells.X.sum(1)).ravel()
     real = np.asarray(adata.X.sum(1)).ravel()
@@ -93,7 +80,7 @@ def test_an_untrained_depth_model_generates_deep_cells_for_deep_bins(tmp_path, d
 
 
 def test_generation_draws_the_depth_bin_with_the_asked_cell_type(tmp_path, counts_adata):
-    checkpoint = _train_one_step(counts_adata, tmp_path / "ckpt", 3)
+    checkpoint = train_one_step(counts_adata, tmp_path / "ckpt", {"source": "cell_type"}, depth_bins=3)
     cells = generate(checkpoint, 60, n_steps=2, progress=False, conditions={"cell_type": "type1"})
     assert (cells.obs["cell_type"] == "type1").all()
     assert set(cells.obs[DEPTH_KEY]) == {"1/3", "2/3", "3/3"}
@@ -110,7 +97,7 @@ def test_a_depth_model_starts_from_each_bins_own_token_frequencies(tmp_path):
     bin) is the bin's own token frequencies, shrunk by one pseudo-cell towards the tilted type
     distribution (what the model gives with its residual table zeroed)."""
     adata = _deep_and_shallow_cells()
-    checkpoint = _train_one_step(adata, tmp_path / "ckpt", 4)
+    checkpoint = train_one_step(adata, tmp_path / "ckpt", {"source": "cell_type"}, depth_bins=4)
     model = checkpoint.build_model()
     model.head.weight.data.zero_()
     alignment = checkpoint.vocabulary.align(adata)

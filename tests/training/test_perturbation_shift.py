@@ -19,21 +19,27 @@ from lingshu.training.perturbation_shift import (
     transfer_weights,
 )
 from lingshu.training.run import train
-from tests.conftest import make_perturbation_adata
+from tests.conftest import make_perturbation_adata, train_one_step
+
+SCREEN_KEYS = {"source": "cell_line", "perturbation": "perturbation"}
 
 
-def test_fold_changes_are_measured_against_the_same_contexts_controls():
+def _screen_without_ko2_in_ctxb():
+    """The two-context screen without ctxB's KO2 cells: (adata, perturbation slot, vocabulary, counts)."""
     adata = make_perturbation_adata(n_per_group=60)
-    # ctxB never sees KO2 alone: its KO2 row must fall back to ctxA's fold change.
     adata = adata[
         ~((adata.obs["cell_line"] == "ctxB") & (adata.obs["perturbation"] == "KO2")).to_numpy()
     ].copy()
     conditions = ConditionMap.from_obs(
         adata.obs, {"source": "cell_line", "perturbation": "perturbation"}, control_label="control"
     )
-    slot = conditions.slot("perturbation")
     vocabulary = GeneVocabulary.from_adata(adata)
-    data = AlignedCounts(adata, vocabulary.align(adata))
+    return adata, conditions.slot("perturbation"), vocabulary, AlignedCounts(adata, vocabulary.align(adata))
+
+
+def test_fold_changes_are_measured_against_the_same_contexts_controls():
+    # ctxB never sees KO2 alone: its KO2 row must fall back to ctxA's fold change.
+    adata, slot, vocabulary, data = _screen_without_ko2_in_ctxb()
     folds = log_fold_changes(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"])
     pooled = log_fold_changes(data, adata.obs, slot, "cell_line")
     assert folds.shape == (2, 3, len(vocabulary)) and pooled.shape == (1, 3, len(vocabulary))
@@ -54,16 +60,7 @@ def test_fold_changes_are_measured_against_the_same_contexts_controls():
 
 
 def test_log_expression_shifts_are_measured_where_seen_and_taken_from_the_tilt_where_not(tmp_path):
-    adata = make_perturbation_adata(n_per_group=60)
-    adata = adata[
-        ~((adata.obs["cell_line"] == "ctxB") & (adata.obs["perturbation"] == "KO2")).to_numpy()
-    ].copy()
-    conditions = ConditionMap.from_obs(
-        adata.obs, {"source": "cell_line", "perturbation": "perturbation"}, control_label="control"
-    )
-    slot = conditions.slot("perturbation")
-    vocabulary = GeneVocabulary.from_adata(adata)
-    data = AlignedCounts(adata, vocabulary.align(adata))
+    adata, slot, vocabulary, data = _screen_without_ko2_in_ctxb()
     shifts = log_expression_shifts(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"])
     counts = np.log1p(adata[:, vocabulary.genes].X.toarray())
     context, label = adata.obs["cell_line"].to_numpy(), adata.obs["perturbation"].to_numpy()
@@ -74,14 +71,8 @@ def test_log_expression_shifts_are_measured_where_seen_and_taken_from_the_tilt_w
         np.testing.assert_allclose(shifts[row, ko1], expected, atol=1e-9)
     assert np.isnan(shifts[1, ko2]).all() and not np.isnan(shifts[0, ko2]).any()
     # Trained, the model keeps the measured shifts and fills ctxB's KO2 from its transferred tilt.
-    train(
-        adata,
-        tmp_path / "ckpt",
-        preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
-        progress=False,
-        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
-        control_label="control",
+    train_one_step(
+        adata, tmp_path / "ckpt", {"source": "cell_line", "perturbation": "perturbation"}, "control"
     )
     kept = load_checkpoint(tmp_path / "ckpt").model_state["perturbation_log_shift"].double().numpy()
     rows = [slot.labels.index(name) for name in ("KO1", "KO2")]
@@ -98,14 +89,8 @@ def test_an_untrained_model_predicts_an_unseen_double_from_its_singles(tmp_path)
     singles' genes in a double the model never saw."""
     adata = make_perturbation_adata(n_per_group=40)
     adata = adata[(adata.obs["perturbation"] != "KO1+KO2").to_numpy()].copy()
-    train(
-        adata,
-        tmp_path / "ckpt",
-        preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
-        progress=False,
-        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
-        control_label="control",
+    train_one_step(
+        adata, tmp_path / "ckpt", {"source": "cell_line", "perturbation": "perturbation"}, "control"
     )
     cells = predict(
         tmp_path / "ckpt",
