@@ -16,6 +16,7 @@ from lingshu.training.perturbation_shift import (
     choose_bandwidth,
     log_expression_shifts,
     log_fold_changes,
+    pair_moments,
     transfer_weights,
 )
 from lingshu.training.run import train
@@ -42,6 +43,11 @@ def test_fold_changes_are_measured_against_the_same_contexts_controls():
     adata, slot, vocabulary, data = _screen_without_ko2_in_ctxb()
     folds = log_fold_changes(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"])
     pooled = log_fold_changes(data, adata.obs, slot, "cell_line")
+    # One pass over the cells, given, gives the same folds.
+    moments = pair_moments(data, adata.obs, slot.key, "cell_line")
+    np.testing.assert_array_equal(
+        folds, log_fold_changes(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"], moments)
+    )
     assert folds.shape == (2, 3, len(vocabulary)) and pooled.shape == (1, 3, len(vocabulary))
     ko1, ko2, genes = slot.labels.index("KO1"), slot.labels.index("KO2"), vocabulary.genes
     # KO1 silences KO1, DOWN1_a, DOWN1_b (mean 12 -> 0.05): log(0.15 / 12.1) = -4.4
@@ -61,7 +67,8 @@ def test_fold_changes_are_measured_against_the_same_contexts_controls():
 
 def test_log_expression_shifts_are_measured_where_seen_and_taken_from_the_tilt_where_not(tmp_path):
     adata, slot, vocabulary, data = _screen_without_ko2_in_ctxb()
-    shifts = log_expression_shifts(data, adata.obs, slot, "cell_line", ["ctxA", "ctxB"])
+    moments = pair_moments(data, adata.obs, slot.key, "cell_line")
+    shifts = log_expression_shifts(moments, slot, ["ctxA", "ctxB"], data.observed)
     counts = np.log1p(adata[:, vocabulary.genes].X.toarray())
     context, label = adata.obs["cell_line"].to_numpy(), adata.obs["perturbation"].to_numpy()
     ko1, ko2 = slot.labels.index("KO1"), slot.labels.index("KO2")

@@ -25,6 +25,13 @@ SUMMARY_METRICS = (
     "overlap_at_N",
     "pr_auc",
 )
+# The metrics seeds.md shows, with their headers.
+TABLE_COLUMNS = {
+    "pearson_delta": "Pearson-delta",
+    "score_vs_perturbation_mean": "score vs pert-mean",
+    "score_vs_control": "score vs control",
+    "mae": "MAE",
+}
 ADDITIVE = "additive_shift"
 
 
@@ -96,13 +103,13 @@ def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
         lines += [
             f"## {block}",
             "",
-            "| method | kind | Pearson-delta | score vs pert-mean | score vs control | MAE | goal met |",
-            "|---|---|---|---|---|---|---|",
+            "| method | kind | " + " | ".join(TABLE_COLUMNS.values()) + " | goal met |",
+            "|---|---|" + "---|" * len(TABLE_COLUMNS) + "---|",
         ]
         for _, row in table.iterrows():
             met = goals[(goals["method"] == row["method"]) & (goals["block"] == block)]
             goal = f"{int(met['goal_met'].sum())} of {len(met)}" if len(met) else ""
-            cells = [_plus_minus(row, m) for m in SUMMARY_METRICS[:4]]
+            cells = [_plus_minus(row, m) for m in TABLE_COLUMNS]
             lines.append(f"| {row['method']} | {row['kind']} | " + " | ".join(cells) + f" | {goal} |")
         lines.append("")
     lines.append(

@@ -86,10 +86,10 @@ def calibrate_tilts(
     return match_tilts(base, target, wanted, table, values, iterations, tail)
 
 
-def log_expression(values: np.ndarray | None = None) -> np.ndarray:
+def log_expression() -> np.ndarray:
     """Each expression token's log1p of its decoded count (281,): the statistic a combination's
     tilt matches (:meth:`lingshu.model.transformer.MaskPredictor.combination_tilt`)."""
-    return np.log1p(token_values() if values is None else values)
+    return np.log1p(token_values())
 
 
 def tilted_probabilities(

@@ -21,7 +21,7 @@ to a context that never saw the perturbation are first shrunk by their sampling 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -50,57 +50,54 @@ def raising_rule(frequencies: np.ndarray, with_tail: bool) -> tuple[np.ndarray, 
     return np.broadcast_to(token_values(), frequencies.shape).copy(), poisson_tail(frequencies)
 
 
-def group_moments(
-    data: AlignedCounts,
-    groups: np.ndarray,
-    n_groups: int,
-    chunk_size: int = 1024,
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and per-cell variance (n_groups, G each) of every gene's count (or of ``transform``
-    of it) in each group of cells (-1 = in no group); a group of one cell has variance 0."""
-    sums = np.zeros((n_groups, len(data.observed)))
-    squares = np.zeros_like(sums)
-    sizes = np.bincount(groups[groups >= 0], minlength=n_groups).astype(np.float64)
-    for start in range(0, data.n_cells, chunk_size):
-        rows = np.arange(start, min(start + chunk_size, data.n_cells))
-        chosen = rows[groups[rows] >= 0]
-        if len(chosen):
-            counts = data.rows(chosen).astype(np.float64)
-            if transform is not None:
-                counts = transform(counts)
-            np.add.at(sums, groups[chosen], counts)
-            np.add.at(squares, groups[chosen], counts**2)
-    means = sums / np.maximum(sizes, 1)[:, None]
-    variances = np.maximum(squares - sizes[:, None] * means**2, 0) / np.maximum(sizes - 1, 1)[:, None]
-    return means, variances
+@dataclass(frozen=True)
+class PairMoments:
+    """Per (context, label) pair of cells, numbered in sorted order (``lookup``): cell count,
+    mean and per-cell variance of every gene's count, and mean log1p(count) (pairs x G)."""
+
+    lookup: dict[tuple[str, str], int]
+    sizes: np.ndarray
+    means: np.ndarray
+    variances: np.ndarray
+    log_means: np.ndarray
 
 
-def context_label_groups(
-    obs: pd.DataFrame, label_key: str, context_key: str | None
-) -> tuple[dict[tuple[str, str], int], np.ndarray]:
-    """Each (context, label) pair of the cells, numbered in sorted order, and each cell's
-    number; without ``context_key`` every cell is in context ''."""
+def pair_moments(
+    data: AlignedCounts, obs: pd.DataFrame, label_key: str, context_key: str | None, chunk_size: int = 1024
+) -> PairMoments:
+    """:class:`PairMoments` of every (context, label) pair in one pass over the cells; without
+    ``context_key`` every cell is in context ''. A pair of one cell has variance 0."""
     labels = obs[label_key].astype(str).to_numpy()
     contexts = obs[context_key].astype(str).to_numpy() if context_key else np.zeros(len(obs), dtype=str)
     lookup = {pair: i for i, pair in enumerate(sorted(set(zip(contexts, labels))))}
-    return lookup, np.array([lookup[pair] for pair in zip(contexts, labels)])
+    groups = np.array([lookup[pair] for pair in zip(contexts, labels)])
+    sums = np.zeros((len(lookup), len(data.observed)))
+    squares, log_sums = np.zeros_like(sums), np.zeros_like(sums)
+    sizes = np.bincount(groups, minlength=len(lookup)).astype(np.float64)
+    for start in range(0, data.n_cells, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, data.n_cells))
+        counts = data.rows(rows).astype(np.float64)
+        np.add.at(sums, groups[rows], counts)
+        np.add.at(squares, groups[rows], counts**2)
+        np.add.at(log_sums, groups[rows], np.log1p(counts))
+    means = sums / np.maximum(sizes, 1)[:, None]
+    variances = np.maximum(squares - sizes[:, None] * means**2, 0) / np.maximum(sizes - 1, 1)[:, None]
+    return PairMoments(lookup, sizes, means, variances, log_sums / np.maximum(sizes, 1)[:, None])
 
 
 def log_expression_shifts(
-    data: AlignedCounts, obs: pd.DataFrame, slot: ConditionSlot, context_key: str | None, contexts: list[str]
+    moments: PairMoments, slot: ConditionSlot, contexts: list[str], observed: np.ndarray
 ) -> np.ndarray:
     """Each single-part label's shift in mean log1p(count) against control (C, n_labels, G),
     per context of ``contexts`` where the context has both the label's cells and controls;
-    NaN where it has not (unobserved genes: 0)."""
-    lookup, groups = context_label_groups(obs, slot.key, context_key)
-    log_means, _ = group_moments(data, groups, len(lookup), transform=np.log1p)
+    NaN where it has not (genes not ``observed``: 0)."""
+    log_means = moments.log_means
     result = np.full((len(contexts), len(slot.labels), log_means.shape[1]), np.nan)
-    for (context, label), index in lookup.items():
-        control = lookup.get((context, slot.control_label))
+    for (context, label), index in moments.lookup.items():
+        control = moments.lookup.get((context, slot.control_label))
         if context in contexts and label in slot.labels and control is not None:
             result[contexts.index(context), slot.labels.index(label)] = log_means[index] - log_means[control]
-    result[..., ~data.observed] = 0.0
+    result[..., ~observed] = 0.0
     return result
 
 
@@ -110,6 +107,7 @@ def log_fold_changes(
     slot: ConditionSlot,
     context_key: str | None,
     contexts: list[str] | None = None,
+    moments: PairMoments | None = None,
 ) -> np.ndarray:
     """Log fold changes (C, n_labels, G) of each single-part label of ``slot`` against control.
 
@@ -122,10 +120,10 @@ def log_fold_changes(
     to context c's (:func:`transfer_weights`, bandwidth chosen by leaving each seen context out).
     Without ``contexts``, one row (C = 1) pooled over contexts, weighted by perturbed cells.
     Labels never seen alone (only inside combinations) and the control label get 0.
+    ``moments`` (:func:`pair_moments` of these cells) saves the pass over the data when given.
     """
-    lookup, groups = context_label_groups(obs, slot.key, context_key)
-    means, variances = group_moments(data, groups, len(lookup))
-    sizes = np.bincount(groups, minlength=len(lookup))
+    moments = moments or pair_moments(data, obs, slot.key, context_key)
+    lookup, sizes, means, variances = moments.lookup, moments.sizes, moments.means, moments.variances
     names = sorted({context for context, _ in lookup})
     # own[row] maps each context index (in ``names``) that saw label ``row`` to its fold change,
     # shrunk[row] to the same shrunk by its noise: what travels to other contexts.

@@ -32,7 +32,12 @@ from lingshu.training.depth_shift import (
     depth_residuals,
     tilted_distributions,
 )
-from lingshu.training.perturbation_shift import log_expression_shifts, log_fold_changes, raising_rule
+from lingshu.training.perturbation_shift import (
+    log_expression_shifts,
+    log_fold_changes,
+    pair_moments,
+    raising_rule,
+)
 from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
 
@@ -128,12 +133,15 @@ def init_priors(
         source = conditions.slot("source")
         every_cell = AlignedCounts(adata, alignment)
         per_context = model.config.tilt_contexts > 1
+        # One pass over the cells serves the fold changes and the log-expression shifts.
+        moments = pair_moments(every_cell, adata.obs, perturbation.key, source.key if source else None)
         folds = log_fold_changes(
             every_cell,
             adata.obs,
             perturbation,
             source.key if source else None,
             source.labels if per_context else None,
+            moments,
         )
         # Each context's tilts are calibrated against the base the model starts from there.
         bases = context_bases(model, base, len(folds))
@@ -145,9 +153,7 @@ def init_priors(
             # Measured where a context saw the label (per-context tilts only), else what its tilt gives.
             measured = np.full(tilts.shape, np.nan)
             if per_context:
-                measured = log_expression_shifts(
-                    every_cell, adata.obs, perturbation, source.key, source.labels
-                )
+                measured = log_expression_shifts(moments, perturbation, source.labels, every_cell.observed)
             log_shifts = torch.from_numpy(implied_log_shifts(measured, bases, tilts, table, tail))
         model.init_perturbation_tilt(
             *(torch.from_numpy(t) for t in (tilts, table, folds)), log_shifts=log_shifts
