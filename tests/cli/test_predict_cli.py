@@ -60,6 +60,15 @@ def test_predict_reports_unknown_names_and_wrong_models_clearly(tmp_path, counts
     result = _predict(ckpt, tmp_path / "p.h5ad", "--context", "ctxA", "--perturbation", "KO9")
     assert result.exit_code == 2 and "never seen in training" in result.output
     assert not (tmp_path / "p.h5ad").exists()
+    result = _predict(
+        ckpt, tmp_path / "p.h5ad", "--context", "ctxA", "--perturbation", "KO9", "--unseen", "mean"
+    )
+    assert result.exit_code == 2 and "unseen must be one of error, control, average" in result.output
+    result = _predict(
+        ckpt, tmp_path / "p.h5ad", "--context", "ctxA", "--perturbation", "KO9", "--unseen", "average"
+    )
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(tmp_path / "p.h5ad").uns["lingshu"]["requests"]["0"]["average_shift"]
     result = _predict(ckpt, tmp_path / "p.h5ad", "--context", "ctxA")
     assert result.exit_code == 2 and "give --perturbation" in result.output
     result = _train_tiny(

@@ -106,15 +106,45 @@ def test_unseen_targets_can_be_sampled_under_the_control_token_with_the_prior(ch
     cells = predict(
         checkpoint,
         [Request("ctxA", "NEWGENE", 3), Request("ctxB", "KO1+NEWGENE", 2)],
-        unseen_as_control=True,
+        unseen="control",
         progress=False,
     )
     first, second = cells.uns["lingshu"]["requests"]["0"], cells.uns["lingshu"]["requests"]["1"]
+    assert list(first["unseen_genes"]) == ["NEWGENE"] and not first["average_shift"]
     assert first["conditioned_on"] == "control" and not first["seen_in_training"]
     assert second["conditioned_on"] == "KO1" and not second["seen_in_training"]
     assert list(cells.obs["perturbation"]) == ["NEWGENE"] * 3 + ["KO1+NEWGENE"] * 2
     # NEWGENE is not a measured gene, so only KO1's evidence from ctxA is pre-filled.
     assert sorted(second["prior_genes"]) == ["DOWN1_a", "DOWN1_b", "KO1"]
+
+
+def test_an_unseen_target_can_take_the_contexts_average_perturbation_shift(tmp_path):
+    """KO1 and KO2 each silence their own three genes, so the average perturbation of a context
+    lowers all six; an unseen target asked for with ``unseen="average"`` gets that shift (the
+    perturbation-mean answer) where ``"control"`` leaves them at the control level. Priors alone
+    (one training step), no guidance, no injection, so only the shift prior differs."""
+    from tests.conftest import make_perturbation_adata, train_one_step
+
+    out = tmp_path / "one_step"
+    train_one_step(
+        make_perturbation_adata(), out, {"source": "cell_line", "perturbation": "perturbation"}, "control"
+    )
+    request = [Request("ctxA", "NEWGENE", 300)]
+    means = {}
+    for mode in ("control", "average"):
+        cells = predict(out, request, guidance=0, use_prior=False, unseen=mode, progress=False)
+        assert cells.uns["lingshu"]["requests"]["0"]["average_shift"] == (mode == "average")
+        means[mode] = np.asarray(cells.X.mean(0)).ravel()
+    genes = list(cells.var_names)
+    silenced = [genes.index(g) for g in ("KO1", "KO2", "DOWN1_a", "DOWN1_b", "DOWN2_a", "DOWN2_b")]
+    others = [i for i in range(len(genes)) if i not in silenced]
+    # Each gene is silenced by one of the two perturbations: on average about halfway down.
+    assert np.all(means["average"][silenced] < 0.8 * means["control"][silenced])
+    assert np.all(means["average"][silenced] > 0.1 * means["control"][silenced])
+    ratio = means["average"][others].sum() / means["control"][others].sum()
+    assert 0.9 < ratio < 1.1
+    with pytest.raises(ValueError, match="unseen must be one of"):
+        predict(out, request, unseen="mean", progress=False)
 
 
 def test_a_depth_model_predicts_each_cell_at_a_drawn_depth(tmp_path):

@@ -241,6 +241,26 @@ def test_a_combination_moves_each_genes_mean_log_expression_by_its_parts_summed_
     assert model.config.combination_rule == "log means" and "combined log means" in model.config.priors()
 
 
+def test_the_average_perturbation_moves_each_gene_by_the_mean_of_the_labels_shifts():
+    folds = np.zeros((3, 4))
+    folds[1, 1], folds[2, 1] = np.log(3.0), np.log(0.5)
+    log_shifts = np.zeros((3, 4))
+    log_shifts[1, 1], log_shifts[2, 1] = 0.3, -0.3
+    log_shifts[1, 2], log_shifts[2, 2] = 0.2, 0.25
+    model = _combining_model(folds, log_shifts)
+    statistic = torch.from_numpy(np.log1p(token_values()))
+
+    def shift(theta: torch.Tensor) -> np.ndarray:
+        prior = model.token_prior.double()
+        tilted = torch.softmax(prior + model.tilt_offsets(theta, torch.arange(4)).double(), -1)
+        return ((tilted - torch.softmax(prior, -1)) @ statistic).numpy()
+
+    # Label 0 has no tilt (the control): the average is over A and B.
+    np.testing.assert_allclose(shift(model.average_tilt(0, control_row=0)), [0, 0, 0.225, 0], atol=1e-4)
+    # Naming B the control leaves A alone.
+    np.testing.assert_allclose(shift(model.average_tilt(0, control_row=2)), [0, 0.3, 0.2, 0], atol=1e-4)
+
+
 def test_a_combination_moves_each_gene_by_its_parts_summed_folds_as_they_were_measured():
     # A and B each raise gene 0 from 0.02 to 0.5: a fold (0.5 + c) / (0.02 + c) = 5 each.
     fold = np.log((0.5 + PSEUDO_COUNT) / (0.02 + PSEUDO_COUNT))

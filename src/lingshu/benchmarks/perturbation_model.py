@@ -46,6 +46,9 @@ class LingshuPredictor:
     use_prior: bool | None = None
     device: str | None = None
     progress: bool = True
+    # A held-out target the model has no token for: the context's average perturbation shift
+    # plus its prior injection ("average"), or the injection alone ("control").
+    unseen: str = "average"
 
     def checkpoint(self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int) -> Checkpoint:
         """The trained model for these cells: loaded when ``model_dir`` already holds it."""
@@ -82,7 +85,7 @@ class LingshuPredictor:
             seed=seed,
             device=self.device or "cpu",
             progress=self.progress,
-            unseen_as_control=True,
+            unseen=self.unseen,
         )
         return on_genes(predicted, train_cells.var_names)
 

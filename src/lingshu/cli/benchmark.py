@@ -233,6 +233,12 @@ def perturbation(
     prior: bool | None = typer.Option(
         None, "--prior/--no-prior", help="Prior injection (default: on for genetic perturbations)."
     ),
+    unseen: str = typer.Option(
+        "average",
+        "--unseen",
+        help="A held-out target the model has no token for: 'average' (the context's average "
+        "perturbation shift plus the prior injection) or 'control' (the injection alone).",
+    ),
     ablation: bool = typer.Option(
         False,
         "--ablation",
@@ -274,6 +280,10 @@ def perturbation(
             raise ValueError(
                 f"unknown methods ['{name}']; choose from {MODEL_METHOD}, {', '.join(PERTURBATION_METHODS)}"
             )
+    from lingshu.inference.predict import UNSEEN_CHOICES
+
+    if unseen not in UNSEEN_CHOICES[1:]:
+        raise ValueError(f"--unseen must be one of {', '.join(UNSEEN_CHOICES[1:])}, got {unseen!r}")
     seed_list = parse_seeds(seeds) if seeds is not None else None
 
     def run_once(run_out: Path, run_seed: int):
@@ -289,6 +299,7 @@ def perturbation(
             guidance=guidance,
             use_prior=prior,
             device=device,
+            unseen=unseen,
         )
         chosen_methods = {n: model if n == MODEL_METHOD else PERTURBATION_METHODS[n] for n in names}
         if ablation:

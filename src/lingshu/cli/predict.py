@@ -45,11 +45,14 @@ def predict(
         "--prior/--no-prior",
         help="Pre-fill genes the target down-regulates in other contexts (default: on for genetic).",
     ),
-    unseen_as_control: bool = typer.Option(
-        False,
-        "--unseen-as-control",
-        help="Allow perturbation genes the model has no token for: they are left out of the "
-        "condition (the control label if none is left) and enter only through the prior.",
+    unseen: str = typer.Option(
+        "error",
+        "--unseen",
+        help="Perturbation genes the model has no token for: 'error' (default) refuses them; "
+        "'control' leaves them out of the condition (the control label if none is left), so "
+        "they enter only through the prior injection; 'average' does the same and adds, per "
+        "such gene, the context's average perturbation shift (the shift prior's mean over "
+        "every perturbation it saw).",
     ),
     out: Path = typer.Option(..., "--out", help="Output .h5ad (integer counts, CSR)."),
     batch_size: int = typer.Option(128, "--batch-size", help="Cells sampled together per forward pass."),
@@ -76,7 +79,7 @@ def predict(
         batch_size=batch_size,
         device=device,
         progress=progress,
-        unseen_as_control=unseen_as_control,
+        unseen=unseen,
     )
     write_h5ad_atomic(adata, out)
     settings = adata.uns["lingshu"]

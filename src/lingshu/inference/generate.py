@@ -119,11 +119,13 @@ def sample_counts(
     guidance: float = 0.0,
     prefill: torch.Tensor | None = None,
     desc: str = "generating",
+    extra_tilt: torch.Tensor | None = None,
 ) -> sp.csr_matrix:
     """Sample ``n_cells`` in batches and decode them to a CSR int32 count matrix.
 
     ``condition_ids`` / ``control_ids`` are (n_cells, n_positions) condition tokens (the latter
-    the CFG reference), ``prefill`` (n_cells, G) holds fixed token ids (>= 0) or -1.
+    the CFG reference), ``prefill`` (n_cells, G) holds fixed token ids (>= 0) or -1,
+    ``extra_tilt`` (n_cells, G) adds to the shift prior's tilt (:func:`sample_tokens`).
     """
     generator = torch.Generator().manual_seed(seed)
     keep_freed_memory()  # every sampling step allocates the same big tensors: reuse their pages
@@ -146,6 +148,7 @@ def sample_counts(
                 guidance=guidance,
                 prefill=rows(prefill),
                 device=device,
+                extra_tilt=rows(extra_tilt),
             )
             blocks.append(sp.csr_matrix(decode_tokens(tokens.cpu().numpy()).astype(np.int32)))
             bar.update(size)

@@ -21,6 +21,7 @@ from lingshu.data.conditions import ConditionMap
 from lingshu.data.prior import BiologicalPrior
 from lingshu.data.tokenizer import encode_counts
 from lingshu.inference.generate import DRAWN_SLOTS, draw_slots, encode_rows, provenance, sample_counts
+from lingshu.model.transformer import MaskPredictor
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
 
 # Paper defaults: w = 2 for genetic, 3 for cytokine perturbations.
@@ -61,11 +62,15 @@ def read_requests(table: str | Path, default_n_cells: int) -> list[Request]:
     return requests
 
 
-def _labels(condition_map: ConditionMap, request: Request, unseen_as_control: bool) -> list[str]:
+# What a perturbation gene the model has no token for becomes (``predict(unseen=...)``).
+UNSEEN_CHOICES = ("error", "control", "average")
+
+
+def _labels(condition_map: ConditionMap, request: Request, unseen: str) -> list[str]:
     """One label per slot for a request, with clear errors for what the model cannot take.
 
-    With ``unseen_as_control`` the genes of the perturbation that have no token are dropped from
-    it (all of them: the control label), so that only the prior carries their knowledge.
+    Unless ``unseen`` is "error", the genes of the perturbation that have no token are dropped
+    from it (all of them: the control label), so that only the priors carry their knowledge.
     """
     perturbation = condition_map.slot("perturbation")
     if perturbation is None:
@@ -73,7 +78,7 @@ def _labels(condition_map: ConditionMap, request: Request, unseen_as_control: bo
             "this checkpoint was trained without a perturbation condition; use `lingshu generate`"
         )
     label = request.perturbation
-    if unseen_as_control:
+    if unseen != "error":
         known = [part for part in perturbation.parts(label) if part in perturbation.labels]
         label = perturbation.separator.join(known) if known else perturbation.control_label
     requested = {"perturbation": label}
@@ -110,7 +115,7 @@ def predict(
     device: str | torch.device = "cpu",
     use_ema: bool = True,
     progress: bool = True,
-    unseen_as_control: bool = False,
+    unseen: str = "error",
 ) -> ad.AnnData:
     """Predict cells for every request; returns one AnnData of integer counts.
 
@@ -118,9 +123,15 @@ def predict(
     kind (genetic: w = 2 with the prior; cytokine: w = 3 without). ``obs`` holds the context and
     perturbation of each cell; ``uns['lingshu']['requests']`` records, per request, the prior
     genes pre-filled and whether the pair was seen in training. A perturbation gene the model
-    has no token for is an error, unless ``unseen_as_control``: then it is left out of the
-    condition (the control label if nothing is left) and enters only through the prior.
+    has no token for is an error (``unseen="error"``); with "control" it is left out of the
+    condition (the control label if nothing is left) and enters only through the prior
+    injection; with "average" each such gene also adds the shift prior's average perturbation
+    of the context (:meth:`~lingshu.model.transformer.MaskPredictor.average_tilt`: what every
+    perturbation of the context shares, the perturbation-mean answer), recorded per request as
+    ``unseen_genes``.
     """
+    if unseen not in UNSEEN_CHOICES:
+        raise ValueError(f"unseen must be one of {', '.join(UNSEEN_CHOICES)}, got {unseen!r}")
     if not requests:
         raise ValueError("no prediction requests")
     if n_steps < 1:
@@ -131,7 +142,7 @@ def predict(
     source = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(Path(checkpoint))
     condition_map = ConditionMap.from_dict(source.conditions)
     all_labels = [
-        _labels(condition_map, request, unseen_as_control) for request in requests
+        _labels(condition_map, request, unseen) for request in requests
     ]  # validate every request first
     slot = condition_map.slot("perturbation")
     guidance = DEFAULT_GUIDANCE[slot.kind or "genetic"] if guidance is None else guidance
@@ -161,6 +172,12 @@ def predict(
             ]
             prefill = torch.full((request.n_cells, len(gene_index)), -1, dtype=torch.long)
             prefill[:, [gene_index[g] for g in chosen]] = prior_token
+        conditions = encode_rows(condition_map, cell_labels)
+        unseen_genes = [p for p in slot.parts(request.perturbation) if p not in slot.parts(conditioned_on)]
+        extra_tilt = None
+        if unseen == "average" and unseen_genes:
+            extra_tilt = _average_shift(model, conditions, slot.labels.index(slot.control_label))
+            extra_tilt = None if extra_tilt is None else len(unseen_genes) * extra_tilt
         matrices.append(
             sample_counts(
                 model,
@@ -170,12 +187,13 @@ def predict(
                 batch_size,
                 device,
                 progress,
-                encode_rows(condition_map, cell_labels),
+                conditions,
                 encode_rows(condition_map, cell_labels, as_control=True),
                 guidance,
                 prefill,
                 desc=f"predicting {request.perturbation}"
                 + (f" in {request.context}" if request.context else ""),
+                extra_tilt=extra_tilt,
             )
         )
         frames.append(frame)
@@ -188,6 +206,8 @@ def predict(
             and _given_tokens(condition_map, labels) in seen,
             "conditioned_on": conditioned_on,
             "prior_genes": np.array(chosen, dtype=object),
+            "unseen_genes": np.array(unseen_genes, dtype=object),
+            "average_shift": extra_tilt is not None,
         }
     var = pd.DataFrame(index=pd.Index(source.vocabulary.genes))
     adata = ad.concat([ad.AnnData(X=m, obs=f, var=var) for m, f in zip(matrices, frames)], merge="same")
@@ -203,3 +223,10 @@ def predict(
         requests=records,
     )
     return adata
+
+
+def _average_shift(model: MaskPredictor, conditions: torch.Tensor, control_row: int) -> torch.Tensor | None:
+    """The average perturbation's tilt for each cell of one request (n_cells, G), all in the
+    same context, or None where the model has no shift prior."""
+    average = model.average_tilt(int(model.tilt_context(conditions[:1])[0]), control_row)
+    return None if average is None else average.expand(len(conditions), -1)

@@ -152,6 +152,7 @@ def sample_tokens(
     guidance: float = 0.0,
     prefill: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    extra_tilt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate (n_cells, G) expression tokens by iterative unmasking.
 
@@ -159,6 +160,8 @@ def sample_tokens(
     never re-masked); at each step reveal the scheduled number of random masked positions by
     sampling from the predicted categorical (no temperature, no top-k). With ``guidance > 0`` the
     model is run under ``conditions`` and ``control_conditions`` in one doubled batch.
+    ``extra_tilt`` (n_cells, G) is added to the shift prior's tilt of ``conditions`` (a model
+    with tilts only): what a perturbation the condition tokens cannot name contributes.
     """
     g = model.config.n_genes
     tokens = torch.full((n_cells, g), MASK_TOKEN, dtype=torch.long, device=device)
@@ -168,6 +171,11 @@ def sample_tokens(
     use_guidance = guidance != 0 and control_conditions is not None
     # Conditions, context rows and tilts are the same at every step: computed once.
     tilt, depth = model.tilt(conditions), model.depth_index(conditions)
+    if extra_tilt is not None:
+        if not model.config.has_tilts:
+            raise ValueError("extra_tilt needs a model with a shift or depth prior (tilts)")
+        extra_tilt = extra_tilt.to(device)
+        tilt = extra_tilt if tilt is None else tilt + extra_tilt
     run_under = torch.cat([conditions, control_conditions]) if use_guidance else conditions
     context = model.context_index(run_under)
     for step in range(n_steps):

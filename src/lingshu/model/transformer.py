@@ -158,7 +158,7 @@ class MaskPredictor(nn.Module):
         )
         # Calibrated combination tilts, (tilt context, label rows) -> (G,) on the CPU; emptied
         # whenever a table they derive from is set or loaded.
-        self._combination_tilts: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self._combination_tilts: dict[tuple[int, tuple[int, ...], bool], torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, _keys: module._combination_tilts.clear())
         # Per context, depth bin and gene, the depth prior's tilt theta (see ModelConfig).
         self.register_buffer(
@@ -248,9 +248,7 @@ class MaskPredictor(nn.Module):
             columns = conditions[:, c.perturbation_column : c.perturbation_column + c.perturbation_width]
             valid = columns >= 0  # padding (-1) adds nothing
             rows = (columns - c.perturbation_offset).clamp_min(0)
-            context = torch.zeros_like(rows)
-            if c.tilt_contexts > 1:
-                context = self._source_index(conditions)[:, None].expand_as(rows)
+            context = self.tilt_context(conditions)[:, None].expand_as(rows)
             shift = (self.perturbation_tilt[context, rows] * valid[..., None]).sum(1)
             combines = c.combination_rule != "tilts"
             multi = torch.nonzero(valid.sum(1) > 1).flatten() if combines else []
@@ -291,29 +289,54 @@ class MaskPredictor(nn.Module):
         return torch.where(log_prior > math.log(TOKEN_FLOOR) + 1e-4, log_prior.exp(), 0.0).cpu().numpy()
 
     @torch.no_grad()
-    def combination_tilt(self, context: int, parts: tuple[int, ...]) -> torch.Tensor:
+    def combination_tilt(self, context: int, parts: tuple[int, ...], average: bool = False) -> torch.Tensor:
         """The shift prior's tilt (G,) of a combination of perturbation label rows ``parts`` in
         tilt context ``context``, against the base the single labels were calibrated on
         (:meth:`tilt_base`). With log means, each gene's mean log1p(count) moves by the parts'
         summed shifts; with folds, its mean count moves by the parts' summed log fold changes,
         applied as they were measured (:func:`~lingshu.model.tilt.calibrate_tilts` with the
-        fold's pseudo-count). Cached."""
-        key = (context, parts)
+        fold's pseudo-count); with tilts, the parts' tilts add. With ``average`` the parts'
+        shifts are averaged instead of summed: the average perturbation of ``parts``. Cached."""
+        key = (context, parts, average)
         if key not in self._combination_tilts:
-            base = self.tilt_base(context)
-            tail = self.tilt_tail.double().cpu().numpy() if self.config.has_poisson_tail else None
-            table = self.tilt_table.double().cpu().numpy()
-            if self.config.has_log_mean_combination:
-                shift = self.perturbation_log_shift[context, list(parts)].double().sum(0).cpu().numpy()
+            rows = list(parts)
+            weight = 1.0 / len(rows) if average else 1.0
+            rule = self.config.combination_rule
+            if rule == "tilts":
+                theta = (self.perturbation_tilt[context, rows].double().sum(0) * weight).cpu().numpy()
+            else:
+                base = self.tilt_base(context)
+                tail = self.tilt_tail.double().cpu().numpy() if self.config.has_poisson_tail else None
+                table = self.tilt_table.double().cpu().numpy()
+            if rule == "log means":
+                shift = self.perturbation_log_shift[context, rows].double().sum(0).cpu().numpy() * weight
                 statistic = log_expression()
                 target = (base @ statistic + shift)[None]
                 wanted = (np.abs(shift) > 1e-6) & (base @ token_values() > 0)
                 theta = match_tilts(base, target, wanted[None], table, statistic, tail=tail)[0]
-            else:
-                folds = self.perturbation_fold[context, list(parts)].double().sum(0).cpu().numpy()
+            elif rule == "folds":
+                folds = self.perturbation_fold[context, rows].double().sum(0).cpu().numpy() * weight
                 theta = calibrate_tilts(base, folds[None], table, pseudo_count=PSEUDO_COUNT, tail=tail)[0]
             self._combination_tilts[key] = torch.from_numpy(theta).float()
         return self._combination_tilts[key]
+
+    @torch.no_grad()
+    def average_tilt(self, context: int, control_row: int) -> torch.Tensor | None:
+        """The tilt (G,) of the average perturbation in tilt context ``context``: the parts'
+        average (:meth:`combination_tilt`) over every label row with a tilt there except the
+        control's ``control_row``; None when no label has one. What a perturbation the model has
+        no token for can be given: the shift every perturbation shares in that context."""
+        if not self.uses_perturbation_prior:
+            return None
+        has_tilt = self.perturbation_tilt[context].abs().sum(-1) > 0
+        rows = tuple(r for r in torch.nonzero(has_tilt).flatten().tolist() if r != control_row)
+        return self.combination_tilt(context, rows, average=True) if rows else None
+
+    def tilt_context(self, conditions: torch.Tensor) -> torch.Tensor:
+        """Each cell's row of the shift prior's per-context tables (0 where they are pooled)."""
+        if self.config.tilt_contexts > 1:
+            return self._source_index(conditions)
+        return torch.zeros(len(conditions), dtype=torch.long, device=conditions.device)
 
     @torch.no_grad()
     def init_perturbation_tilt(
