@@ -59,6 +59,7 @@ def test_predict_reports_unknown_names_and_wrong_models_clearly(tmp_path, counts
     assert _train_tiny(data, ckpt, 1, *keys).exit_code == 0
     result = _predict(ckpt, tmp_path / "p.h5ad", "--context", "ctxA", "--perturbation", "KO9")
     assert result.exit_code == 2 and "never seen in training" in result.output
+    assert "--unseen average" in result.output
     assert not (tmp_path / "p.h5ad").exists()
     result = _predict(
         ckpt, tmp_path / "p.h5ad", "--context", "ctxA", "--perturbation", "KO9", "--unseen", "mean"

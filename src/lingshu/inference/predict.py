@@ -90,8 +90,16 @@ def _labels(condition_map: ConditionMap, request: Request, unseen: str) -> list[
         requested["source"] = request.context
     elif request.context is not None:
         raise ValueError("this checkpoint has no context condition; drop --context")
-    labels = condition_map.resolve(requested, optional=DRAWN_SLOTS)
-    _given_tokens(condition_map, labels)  # unknown names fail here, before anything is generated
+    try:
+        labels = condition_map.resolve(requested, optional=DRAWN_SLOTS)
+        _given_tokens(condition_map, labels)  # unknown names fail here, before anything is generated
+    except ValueError as error:
+        if "never seen in training" not in str(error):
+            raise
+        raise ValueError(
+            f"{error}. To predict it anyway: --unseen average (the context's average perturbation "
+            "shift plus the prior injection) or --unseen control (the injection alone)"
+        ) from None
     return labels
 
 
