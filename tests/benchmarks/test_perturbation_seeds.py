@@ -44,6 +44,14 @@ def test_the_goal_is_judged_at_each_seed_against_that_seeds_baselines(per_seed):
     assert not goals.loc[3, "pearson_delta_above_additive"] and not goals.loc[3, "goal_met"]
 
 
+def test_without_the_additive_shift_the_goal_is_not_judged(per_seed, tmp_path):
+    without = {seed: table[table["method"] != "additive_shift"] for seed, table in per_seed.items()}
+    goals = goal_met(stack_seeds(without))
+    assert goals["goal_met"].isna().all() and goals["pearson_delta_above_additive"].isna().all()
+    write_seed_summary(without, tmp_path)
+    assert "| n/a (no additive_shift) |" in (tmp_path / "seeds.md").read_text()
+
+
 def test_the_files_and_the_markdown_table_are_written(per_seed, tmp_path):
     write_seed_summary(per_seed, tmp_path)
     assert len(pd.read_csv(tmp_path / "metrics_over_seeds.csv")) == 6

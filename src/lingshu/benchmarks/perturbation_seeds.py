@@ -47,8 +47,9 @@ def stack_seeds(per_seed: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
 
 def goal_met(stacked: pd.DataFrame) -> pd.DataFrame:
     """Per model, block and seed, whether it meets the issue's goal: a score against the
-    perturbation mean above every baseline's, and a Pearson-delta above the additive shift's
-    (where the additive shift ran)."""
+    perturbation mean above every baseline's, and a Pearson-delta above the additive shift's.
+    Where the additive shift did not run, its half of the goal and the goal are unknown (None),
+    not met by default."""
     records = []
     for (seed, block), table in stacked.groupby(["seed", "block"], sort=False):
         baselines = table[table["kind"] == "baseline"]
@@ -56,7 +57,7 @@ def goal_met(stacked: pd.DataFrame) -> pd.DataFrame:
         additive = table.loc[table["method"] == ADDITIVE, "pearson_delta"]
         for _, row in table[table["kind"] == "model"].iterrows():
             beats_score = bool(row["score_vs_perturbation_mean"] > best_score)
-            beats_additive = bool(additive.empty or row["pearson_delta"] > additive.iloc[0])
+            beats_additive = None if additive.empty else bool(row["pearson_delta"] > additive.iloc[0])
             records.append(
                 {
                     "seed": seed,
@@ -64,7 +65,7 @@ def goal_met(stacked: pd.DataFrame) -> pd.DataFrame:
                     "block": block,
                     "score_above_every_baseline": beats_score,
                     "pearson_delta_above_additive": beats_additive,
-                    "goal_met": beats_score and beats_additive,
+                    "goal_met": None if beats_additive is None else beats_score and beats_additive,
                 }
             )
     columns = ["seed", "method", "block", "score_above_every_baseline", "pearson_delta_above_additive"]
@@ -89,6 +90,13 @@ def _plus_minus(row: pd.Series, metric: str) -> str:
     return f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
+def _goal_count(met: pd.Series) -> str:
+    """'k of n' seeds, or why the goal could not be judged."""
+    if met.isna().any():
+        return f"n/a (no {ADDITIVE})"
+    return f"{int(met.astype(bool).sum())} of {len(met)}"
+
+
 def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
     """A Markdown table per block: each method's mean ± sd over seeds and, for the model, at
     how many seeds it met the goal."""
@@ -108,7 +116,7 @@ def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
         ]
         for _, row in table.iterrows():
             met = goals[(goals["method"] == row["method"]) & (goals["block"] == block)]
-            goal = f"{int(met['goal_met'].sum())} of {len(met)}" if len(met) else ""
+            goal = _goal_count(met["goal_met"]) if len(met) else ""
             cells = [_plus_minus(row, m) for m in TABLE_COLUMNS]
             lines.append(f"| {row['method']} | {row['kind']} | " + " | ".join(cells) + f" | {goal} |")
         lines.append("")
