@@ -156,7 +156,7 @@ class MaskPredictor(nn.Module):
             if config.has_log_mean_combination
             else None,
         )
-        # Calibrated combination tilts, (tilt context, label rows) -> (G,) on the CPU; emptied
+        # Calibrated combination tilts, (tilt context, label rows, averaged?) -> (G,) on the CPU; emptied
         # whenever a table they derive from is set or loaded.
         self._combination_tilts: dict[tuple[int, tuple[int, ...], bool], torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, _keys: module._combination_tilts.clear())
