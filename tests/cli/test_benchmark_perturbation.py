@@ -52,6 +52,8 @@ def test_cli_repeats_the_benchmark_over_seeds_and_summarises_them(toy_perturbati
         (["--task", "kang", "--seeds", "1,1"], "distinct integers"),
         (["--task", "nope"], "unknown task 'nope'"),
         (["--task", "kang", "--methods", "nope"], "unknown methods"),
+        (["--task", "kang", "--unseen", "error"], "--unseen must be one of control, average"),
+        (["--task", "kang", "--control-fraction", "1.5"], "--control-fraction must be in (0, 1]"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
@@ -63,5 +65,6 @@ def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
 def test_every_option_has_help():
     result = runner.invoke(app, ["benchmark", "perturbation", "--help"])
     assert result.exit_code == 0
-    for option in ("--task", "--split", "--methods", "--out", "--seed", "--threads", "--plots"):
+    options = ("--task", "--split", "--methods", "--out", "--seed", "--threads", "--plots", "--unseen")
+    for option in (*options, "--control-fraction"):
         assert option in result.output

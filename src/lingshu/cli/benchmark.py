@@ -217,6 +217,11 @@ def perturbation(
     preset: str = typer.Option("small", "--preset", help="The model's preset (tiny, small, paper)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="The model's training steps."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="The model's batch in cells."),
+    control_fraction: float | None = typer.Option(
+        None,
+        "--control-fraction",
+        help="Cap on the control cells' share of the model's training cells (default 0.1).",
+    ),
     patch_size: int | None = typer.Option(
         None, "--patch-size", help="The model's compression S (paper: 32 for genetic perturbations)."
     ),
@@ -284,6 +289,8 @@ def perturbation(
 
     if unseen not in UNSEEN_CHOICES[1:]:
         raise ValueError(f"--unseen must be one of {', '.join(UNSEEN_CHOICES[1:])}, got {unseen!r}")
+    if control_fraction is not None and not 0 < control_fraction <= 1:
+        raise ValueError(f"--control-fraction must be in (0, 1], got {control_fraction}")
     seed_list = parse_seeds(seeds) if seeds is not None else None
 
     def run_once(run_out: Path, run_seed: int):
@@ -291,7 +298,13 @@ def perturbation(
             model_dir=run_out / "model",
             preset=preset,
             train_overrides={
-                k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v
+                k: v
+                for k, v in {
+                    "max_steps": max_steps,
+                    "batch_size": batch_size,
+                    "max_control_fraction": control_fraction,
+                }.items()
+                if v
             },
             model_overrides={"patch_size": patch_size} if patch_size else {},
             depth_bins=depth_bins,
