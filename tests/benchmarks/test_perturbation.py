@@ -88,3 +88,25 @@ def test_user_split_file_is_accepted(toy_perturbation_task, tmp_path):
     assert (
         result.metrics.loc[result.metrics["method"] == "control", "score_vs_perturbation_mean"].notna().all()
     )
+
+
+def test_the_model_settings_line_says_how_targets_without_a_token_were_predicted():
+    from lingshu.benchmarks.perturbation import model_settings
+
+    def provenance(average: bool) -> dict:
+        requests = {
+            "0": {"perturbation": "KO1", "conditioned_on": "KO1", "prior_genes": ["KO1"]},
+            "1": {
+                "perturbation": "NEW",
+                "conditioned_on": "control",
+                "prior_genes": [],
+                "average_shift": average,
+            },
+        }
+        return {"checkpoint_step": 4, "n_steps": 3, "guidance": 2.0, "prior": True, "requests": requests}
+
+    averaged = model_settings(provenance(True))
+    assert "(0-1 genes pre-filled per condition)" in averaged
+    assert "no token for NEW: sampled under the control token" in averaged
+    assert "average perturbation shift and the prior injection" in averaged
+    assert "average" not in model_settings(provenance(False))

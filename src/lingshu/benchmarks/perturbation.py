@@ -213,9 +213,7 @@ def _cell_counts(split: PerturbationSplit, train: ad.AnnData, held_out: ad.AnnDa
 def model_settings(provenance: dict) -> str:
     """One line on how a model's cells were made, from ``uns['lingshu']`` of ``predict``."""
     requests = provenance.get("requests", {}).values()
-    substituted = sorted(
-        {r["perturbation"] for r in requests if r.get("conditioned_on") != r["perturbation"]}
-    )
+    substituted = [r for r in requests if r.get("conditioned_on") != r["perturbation"]]
     prior_sizes = [len(r.get("prior_genes", [])) for r in requests]
     text = (
         f"checkpoint step {provenance.get('checkpoint_step')}, {provenance.get('n_steps')} unmasking steps, "
@@ -224,7 +222,13 @@ def model_settings(provenance: dict) -> str:
     if provenance.get("prior") and prior_sizes:
         text += f" ({min(prior_sizes)}-{max(prior_sizes)} genes pre-filled per condition)"
     if substituted:
-        text += f"; no token for {', '.join(substituted)}: sampled under the control token, prior only"
+        names = ", ".join(sorted({r["perturbation"] for r in substituted}))
+        averaged = all(r.get("average_shift") for r in substituted)
+        text += (
+            f"; no token for {names}: sampled under the control token (or their seen parts) with "
+            + ("the context's average perturbation shift and " if averaged else "")
+            + "the prior injection"
+        )
     if provenance.get("model_priors"):
         text += f"; model tables: {provenance['model_priors']}"
     return text
