@@ -147,6 +147,25 @@ def test_an_unseen_target_can_take_the_contexts_average_perturbation_shift(tmp_p
         predict(out, request, unseen="mean", progress=False)
 
 
+def test_the_average_shift_needs_a_model_with_the_shift_prior(tmp_path):
+    from tests.conftest import make_perturbation_adata
+
+    out = tmp_path / "no_shift_prior"
+    train(
+        make_perturbation_adata(n_per_group=8),
+        out,
+        preset="tiny",
+        model_overrides={"perturbation_prior": False},
+        train_overrides={"max_steps": 1, "batch_size": 8},
+        progress=False,
+        condition_keys={"source": "cell_line", "perturbation": "perturbation"},
+        control_label="control",
+    )
+    with pytest.raises(ValueError, match="needs a model with the perturbation shift prior"):
+        predict(out, [Request("ctxA", "NEWGENE", 2)], unseen="average", progress=False)
+    assert predict(out, [Request("ctxA", "NEWGENE", 2)], unseen="control", progress=False).n_obs == 2
+
+
 def test_a_depth_model_predicts_each_cell_at_a_drawn_depth(tmp_path):
     """Depth bins with a perturbation condition: the bins' priors are measured on controls, each
     predicted cell gets a bin (its context's, for a pair never seen), and one training step (the

@@ -155,6 +155,11 @@ def predict(
     slot = condition_map.slot("perturbation")
     guidance = DEFAULT_GUIDANCE[slot.kind or "genetic"] if guidance is None else guidance
     use_prior = (slot.kind or "genetic") == "genetic" if use_prior is None else use_prior
+    if unseen == "average" and not source.model_config.has_perturbation_prior:
+        raise ValueError(
+            "unseen='average' needs a model with the perturbation shift prior; this one was "
+            "trained without it (use unseen='control')"
+        )
     model = source.build_model(use_ema=use_ema).to(device)
     gene_index = {gene: i for i, gene in enumerate(source.vocabulary.genes)}
     prior = BiologicalPrior.from_dict(source.prior)
@@ -235,6 +240,6 @@ def predict(
 
 def _average_shift(model: MaskPredictor, conditions: torch.Tensor, control_row: int) -> torch.Tensor | None:
     """The average perturbation's tilt for each cell of one request (n_cells, G), all in the
-    same context, or None where the model has no shift prior."""
+    same context, or None where no perturbation has a tilt there."""
     average = model.average_tilt(int(model.tilt_context(conditions[:1])[0]), control_row)
     return None if average is None else average.expand(len(conditions), -1)
