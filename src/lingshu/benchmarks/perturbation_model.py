@@ -138,5 +138,6 @@ def ablation_methods(
         variant(reference_s, 2, True),
         model_dir=Path(model_root) / "model_no_shift_prior",
         model_overrides={**base.model_overrides, "patch_size": reference_s, "perturbation_prior": False},
+        unseen="control",  # without the shift prior there is no average perturbation to add
     )
     return methods
