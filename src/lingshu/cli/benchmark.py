@@ -285,10 +285,10 @@ def perturbation(
             raise ValueError(
                 f"unknown methods ['{name}']; choose from {MODEL_METHOD}, {', '.join(PERTURBATION_METHODS)}"
             )
-    from lingshu.inference.predict import UNSEEN_CHOICES
+    from lingshu.inference.predict import UNSEEN_FALLBACKS
 
-    if unseen not in UNSEEN_CHOICES[1:]:
-        raise ValueError(f"--unseen must be one of {', '.join(UNSEEN_CHOICES[1:])}, got {unseen!r}")
+    if unseen not in UNSEEN_FALLBACKS:
+        raise ValueError(f"--unseen must be one of {', '.join(UNSEEN_FALLBACKS)}, got {unseen!r}")
     if control_fraction is not None and not 0 < control_fraction <= 1:
         raise ValueError(f"--control-fraction must be in (0, 1], got {control_fraction}")
     seed_list = parse_seeds(seeds) if seeds is not None else None

@@ -25,6 +25,10 @@ MIN_COMBINATION_WIDTH = 2
 PERTURBATION_KINDS = ("genetic", "cytokine")
 
 
+class UnseenLabelError(ValueError):
+    """A label a condition slot never saw in training (the message lists the nearest known)."""
+
+
 @dataclass
 class ConditionSlot:
     """One condition role: the ``obs`` column it comes from and its token labels.
@@ -157,7 +161,8 @@ class ConditionMap:
             known = slot.labels
             near = difflib.get_close_matches(str(label), known, n=3, cutoff=0.3)
             seen = "was never seen in training" if slot.name == "perturbation" else "is unknown"
-            raise ValueError(
+            error = UnseenLabelError if slot.name == "perturbation" else ValueError
+            raise error(
                 f"{slot.name} {label!r} (obs[{slot.key!r}]) {seen}; "
                 + (f"nearest known: {', '.join(near)}; " if near else "")
                 + f"{len(known)} known: {', '.join(known[:12])}"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lingshu.data.conditions import ConditionMap
+from lingshu.data.conditions import ConditionMap, UnseenLabelError
 from lingshu.data.prior import BiologicalPrior
 from lingshu.data.tokenizer import encode_counts
 from lingshu.inference.generate import DRAWN_SLOTS, draw_slots, encode_rows, provenance, sample_counts
@@ -62,8 +62,10 @@ def read_requests(table: str | Path, default_n_cells: int) -> list[Request]:
     return requests
 
 
-# What a perturbation gene the model has no token for becomes (``predict(unseen=...)``).
-UNSEEN_CHOICES = ("error", "control", "average")
+# What a perturbation gene the model has no token for becomes (``predict(unseen=...)``): refused,
+# or one of the ways to predict it anyway.
+UNSEEN_FALLBACKS = ("control", "average")
+UNSEEN_CHOICES = ("error", *UNSEEN_FALLBACKS)
 
 
 def _labels(condition_map: ConditionMap, request: Request, unseen: str) -> list[str]:
@@ -93,10 +95,8 @@ def _labels(condition_map: ConditionMap, request: Request, unseen: str) -> list[
     try:
         labels = condition_map.resolve(requested, optional=DRAWN_SLOTS)
         _given_tokens(condition_map, labels)  # unknown names fail here, before anything is generated
-    except ValueError as error:
-        if "never seen in training" not in str(error):
-            raise
-        raise ValueError(
+    except UnseenLabelError as error:
+        raise UnseenLabelError(
             f"{error}. To predict it anyway: --unseen average (the context's average perturbation "
             "shift plus the prior injection) or --unseen control (the injection alone)"
         ) from None

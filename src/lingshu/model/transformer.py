@@ -299,24 +299,26 @@ class MaskPredictor(nn.Module):
         shifts are averaged instead of summed: the average perturbation of ``parts``. Cached."""
         key = (context, parts, average)
         if key not in self._combination_tilts:
-            rows = list(parts)
-            weight = 1.0 / len(rows) if average else 1.0
+            rows, weight = list(parts), 1.0 / len(parts) if average else 1.0
+
+            def combined(table: torch.Tensor) -> np.ndarray:
+                return table[context, rows].double().sum(0).cpu().numpy() * weight
+
             rule = self.config.combination_rule
             if rule == "tilts":
-                theta = (self.perturbation_tilt[context, rows].double().sum(0) * weight).cpu().numpy()
+                theta = combined(self.perturbation_tilt)
             else:
                 base = self.tilt_base(context)
                 tail = self.tilt_tail.double().cpu().numpy() if self.config.has_poisson_tail else None
                 table = self.tilt_table.double().cpu().numpy()
-            if rule == "log means":
-                shift = self.perturbation_log_shift[context, rows].double().sum(0).cpu().numpy() * weight
-                statistic = log_expression()
-                target = (base @ statistic + shift)[None]
-                wanted = (np.abs(shift) > 1e-6) & (base @ token_values() > 0)
-                theta = match_tilts(base, target, wanted[None], table, statistic, tail=tail)[0]
-            elif rule == "folds":
-                folds = self.perturbation_fold[context, rows].double().sum(0).cpu().numpy() * weight
-                theta = calibrate_tilts(base, folds[None], table, pseudo_count=PSEUDO_COUNT, tail=tail)[0]
+                if rule == "log means":
+                    shift, statistic = combined(self.perturbation_log_shift), log_expression()
+                    target = (base @ statistic + shift)[None]
+                    wanted = (np.abs(shift) > 1e-6) & (base @ token_values() > 0)
+                    theta = match_tilts(base, target, wanted[None], table, statistic, tail=tail)[0]
+                else:  # folds
+                    folds = combined(self.perturbation_fold)[None]
+                    theta = calibrate_tilts(base, folds, table, pseudo_count=PSEUDO_COUNT, tail=tail)[0]
             self._combination_tilts[key] = torch.from_numpy(theta).float()
         return self._combination_tilts[key]
 
