@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lingshu.benchmarks.perturbation_seeds import goal_met, stack_seeds, summarise_seeds, write_seed_summary
+from lingshu.benchmarks.perturbation_seeds import goal_met, summarise_perturbation_seeds, write_seed_summary
+from lingshu.benchmarks.seeds import stack_seeds
 
 
 def _table(model_score: float, model_delta: float, additive_delta: float) -> pd.DataFrame:
@@ -28,7 +29,7 @@ def per_seed() -> dict[int, pd.DataFrame]:
 
 
 def test_the_summary_gives_each_methods_mean_spread_and_range_over_seeds(per_seed):
-    summary = summarise_seeds(stack_seeds(per_seed)).set_index("method")
+    summary = summarise_perturbation_seeds(stack_seeds(per_seed)).set_index("method")
     assert summary.loc["lingshu", "n_seeds"] == 2
     assert summary.loc["lingshu", "pearson_delta_mean"] == pytest.approx(0.75)
     assert summary.loc["lingshu", "pearson_delta_std"] == pytest.approx(np.std([0.8, 0.7], ddof=1))
@@ -58,8 +59,3 @@ def test_the_files_and_the_markdown_table_are_written(per_seed, tmp_path):
     assert set(pd.read_csv(tmp_path / "goal_over_seeds.csv")["seed"]) == {0, 3}
     text = (tmp_path / "seeds.md").read_text()
     assert "## doubles" in text and "0.750 ± 0.071" in text and "| 1 of 2 |" in text
-
-
-def test_no_seeds_is_an_error():
-    with pytest.raises(ValueError, match="no seeds"):
-        stack_seeds({})

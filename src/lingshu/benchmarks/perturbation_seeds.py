@@ -1,10 +1,8 @@
-"""The perturbation benchmark repeated over seeds: how far each figure moves with the seed.
+"""The perturbation benchmark over seeds: its metrics, its goal and its ``seeds.md``.
 
 A held-out block of five doubles or three cell types leaves the metrics as noisy as the
-differences between methods (one draw of the predicted cells, one draw of the baselines', one
-half-split). Running the whole benchmark once per seed (training, prediction, baselines and
-ceiling) and reporting the mean, spread and how often the model meets the goal keeps a single
-lucky seed from standing for the method.
+differences between methods; :mod:`lingshu.benchmarks.seeds` stacks and summarises the seeds'
+tables, and this module judges the issue's goal at each seed.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lingshu.data.writing import atomic_path
+from lingshu.benchmarks.seeds import count_met, plus_minus, stack_seeds, summarise_seeds, write_seed_files
 
 # Metrics summarised over seeds (all of the table's are kept in metrics_over_seeds.csv).
 SUMMARY_METRICS = (
@@ -33,16 +31,6 @@ TABLE_COLUMNS = {
     "mae": "MAE",
 }
 ADDITIVE = "additive_shift"
-
-
-def stack_seeds(per_seed: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-    """The seeds' ``metrics.csv`` tables in one, with a ``seed`` column first."""
-    if not per_seed:
-        raise ValueError("no seeds to summarise")
-    return pd.concat(
-        [table.assign(seed=seed)[["seed", *table.columns]] for seed, table in per_seed.items()],
-        ignore_index=True,
-    )
 
 
 def goal_met(stacked: pd.DataFrame) -> pd.DataFrame:
@@ -72,29 +60,9 @@ def goal_met(stacked: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=[*columns, "goal_met"])
 
 
-def summarise_seeds(stacked: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation, min and max over seeds of each method x block's metrics,
-    one row per method and block, columns ``<metric>_mean`` etc., plus ``n_seeds``."""
-    metrics = [m for m in SUMMARY_METRICS if m in stacked.columns]
-    grouped = stacked.groupby(["method", "kind", "block"], sort=False)
-    summary = grouped[metrics].agg(["mean", "std", "min", "max"])
-    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
-    summary.insert(0, "n_seeds", grouped["seed"].nunique())
-    return summary.reset_index()
-
-
-def _plus_minus(row: pd.Series, metric: str) -> str:
-    mean, sd = row[f"{metric}_mean"], row[f"{metric}_std"]
-    if pd.isna(mean):
-        return ""
-    return f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
-
-
-def _goal_count(met: pd.Series) -> str:
-    """'k of n' seeds, or why the goal could not be judged."""
-    if met.isna().any():
-        return f"n/a (no {ADDITIVE})"
-    return f"{int(met.astype(bool).sum())} of {len(met)}"
+def summarise_perturbation_seeds(stacked: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation, min and max over seeds of each method x block's metrics."""
+    return summarise_seeds(stacked, SUMMARY_METRICS, ["method", "kind", "block"])
 
 
 def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
@@ -116,8 +84,8 @@ def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
         ]
         for _, row in table.iterrows():
             met = goals[(goals["method"] == row["method"]) & (goals["block"] == block)]
-            goal = _goal_count(met["goal_met"]) if len(met) else ""
-            cells = [_plus_minus(row, m) for m in TABLE_COLUMNS]
+            goal = count_met(met["goal_met"], f"n/a (no {ADDITIVE})") if len(met) else ""
+            cells = [plus_minus(row, m) for m in TABLE_COLUMNS]
             lines.append(f"| {row['method']} | {row['kind']} | " + " | ".join(cells) + f" | {goal} |")
         lines.append("")
     lines.append(
@@ -130,17 +98,13 @@ def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
 def write_seed_summary(per_seed: Mapping[int, pd.DataFrame], out_dir: str | Path) -> pd.DataFrame:
     """Write ``metrics_over_seeds.csv`` (every seed's table), ``metrics_seed_summary.csv``,
     ``goal_over_seeds.csv`` and ``seeds.md`` under ``out_dir``; return the summary."""
-    out_dir = Path(out_dir)
     stacked = stack_seeds(per_seed)
-    summary = summarise_seeds(stacked)
+    summary = summarise_perturbation_seeds(stacked)
     goals = goal_met(stacked)
-    for name, frame in (
-        ("metrics_over_seeds.csv", stacked),
-        ("metrics_seed_summary.csv", summary),
-        ("goal_over_seeds.csv", goals),
-    ):
-        with atomic_path(out_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "seeds.md") as tmp:
-        tmp.write_text(seeds_markdown(summary, goals))
+    tables = {
+        "metrics_over_seeds.csv": stacked,
+        "metrics_seed_summary.csv": summary,
+        "goal_over_seeds.csv": goals,
+    }
+    write_seed_files(out_dir, tables, seeds_markdown(summary, goals))
     return summary

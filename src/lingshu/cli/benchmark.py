@@ -111,6 +111,13 @@ def generation(
     ),
     out: Path = typer.Option(Path("runs/benchmark_generation"), "--out", help="Output directory."),
     seed: int = typer.Option(0, "--seed", help="Global seed."),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Comma-separated seeds (e.g. 0,1,2): run the whole benchmark once per seed into "
+        "<out>/seed_<S>/ (with --checkpoint, the same model each time) and write the mean, spread "
+        "and the issue's goal per seed (seeds.md); overrides --seed.",
+    ),
     condition_key: str = typer.Option(
         "cell_type",
         "--condition-key",
@@ -125,21 +132,38 @@ def generation(
 ) -> None:
     """Train, generate and evaluate against held-out cells, the real ceiling and the baselines."""
     from lingshu.benchmarks.generation import run_generation_benchmark
+    from lingshu.benchmarks.seeds import parse_seeds
 
-    table = run_generation_benchmark(
-        out,
-        dataset=dataset,
-        split=split,
-        preset=preset,
-        max_steps=max_steps,
-        min_cells=min_cells,
-        sampling_steps=[int(s) for s in steps.split(",")],
-        baselines=[b for b in baselines.split(",") if b],
-        checkpoint=checkpoint,
-        seed=seed,
-        condition_key=None if condition_key.lower() == "none" else condition_key,
-        depth_bins=depth_bins,
-    )
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+
+    def run_once(run_out: Path, run_seed: int):
+        return run_generation_benchmark(
+            run_out,
+            dataset=dataset,
+            split=split,
+            preset=preset,
+            max_steps=max_steps,
+            min_cells=min_cells,
+            sampling_steps=[int(s) for s in steps.split(",")],
+            baselines=[b for b in baselines.split(",") if b],
+            checkpoint=checkpoint,
+            seed=run_seed,
+            condition_key=None if condition_key.lower() == "none" else condition_key,
+            depth_bins=depth_bins,
+        )
+
+    if seed_list is not None:
+        from lingshu.benchmarks.generation_seeds import write_seed_summary
+
+        per_seed = {}
+        for each in seed_list:
+            typer.echo(f"seed {each}: {out / f'seed_{each}'}")
+            per_seed[each] = run_once(out / f"seed_{each}", each)
+        write_seed_summary(per_seed, out)
+        typer.echo((out / "seeds.md").read_text())
+        typer.echo(f"report: {out / 'seeds.md'}")
+        return
+    table = run_once(out, seed)
     typer.echo(table.to_string())
     typer.echo(f"report: {out / 'report' / 'report.md'}")
 
@@ -183,18 +207,6 @@ def memory(
             f"peak host RAM {r['peak_host_ram_gb']:.2f} GB, {r['train_wall_s']:.0f} s{loader}"
         )
     typer.echo(f"wrote {out}")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """Seeds from "0,1,2": distinct integers, at least one; anything else is a clear error."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
-    if not values or len(set(values)) != len(values):
-        raise ValueError(f"--seeds takes one or more distinct integers, got {text!r}")
-    return values
 
 
 @benchmark_app.command("perturbation")
@@ -291,6 +303,8 @@ def perturbation(
         raise ValueError(f"--unseen must be one of {', '.join(UNSEEN_FALLBACKS)}, got {unseen!r}")
     if control_fraction is not None and not 0 < control_fraction <= 1:
         raise ValueError(f"--control-fraction must be in (0, 1], got {control_fraction}")
+    from lingshu.benchmarks.seeds import parse_seeds
+
     seed_list = parse_seeds(seeds) if seeds is not None else None
 
     def run_once(run_out: Path, run_seed: int):
