@@ -34,7 +34,7 @@ generated=$(date +%s)
 echo "== 4/4 evaluate against the held-out cells, beside the real ceiling and simple baselines"
 "$LINGSHU" evaluate --real "$OUT/data/held_out.h5ad" --generated "$OUT/generated.h5ad" \
   --generated-name "lingshu (${SAMPLING_STEPS} steps)" --train "$OUT/data/train.h5ad" \
-  --baselines independent_genes,celltype_negative_binomial,copy_training \
+  --baselines independent_genes,celltype_poisson,celltype_negative_binomial,copy_training \
   --out "$OUT/report" --seed "$SEED"
 end=$(date +%s)
 

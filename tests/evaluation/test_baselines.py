@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from lingshu.evaluation.baselines import (
     GENERATION_BASELINES,
     celltype_negative_binomial,
+    celltype_poisson,
     copy_training,
     independent_genes,
     negative_binomial_moments,
@@ -14,7 +15,7 @@ from lingshu.evaluation.baselines import (
     scvi,
 )
 
-CHEAP = ["independent_genes", "celltype_negative_binomial", "copy_training"]
+CHEAP = ["independent_genes", "celltype_poisson", "celltype_negative_binomial", "copy_training"]
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,20 @@ def test_celltype_negative_binomial_is_overdispersed_per_type(train):
         assert np.median(cells.var(0)[expressed] / cells.mean(0)[expressed]) > 1.5
 
 
+def test_celltype_poisson_matches_each_types_means_with_variance_equal_to_the_mean(train):
+    generated = celltype_poisson(train, 3000, 0)
+    labels = train.obs["cell_type"].astype(str).to_numpy()
+    gen_labels = generated.obs["cell_type"].astype(str).to_numpy()
+    for cell_type in np.unique(labels):
+        assert np.mean(gen_labels == cell_type) == pytest.approx(np.mean(labels == cell_type), abs=0.04)
+        cells = _dense(generated)[gen_labels == cell_type]
+        real_mean = _dense(train)[labels == cell_type].mean(0)
+        expressed = real_mean > 2
+        np.testing.assert_allclose(cells.mean(0)[expressed], real_mean[expressed], rtol=0.2)
+        assert np.median(cells.var(0)[expressed] / cells.mean(0)[expressed]) == pytest.approx(1.0, abs=0.2)
+        assert (cells[:, real_mean == 0] == 0).all()
+
+
 def test_copy_training_returns_training_cells_with_their_labels(train):
     generated = copy_training(train, 100, 0)
     real = {tuple(row) for row in _dense(train)}
@@ -88,11 +103,12 @@ def test_copy_training_returns_training_cells_with_their_labels(train):
     assert set(generated.obs["cell_type"].astype(str)) <= set(train.obs["cell_type"].astype(str))
 
 
-def test_celltype_baseline_needs_labels(train):
+@pytest.mark.parametrize("baseline", [celltype_negative_binomial, celltype_poisson])
+def test_celltype_baselines_need_labels(train, baseline):
     unlabelled = train.copy()
     del unlabelled.obs["cell_type"]
     with pytest.raises(ValueError, match="cell_type"):
-        celltype_negative_binomial(unlabelled, 10, 0)
+        baseline(unlabelled, 10, 0)
 
 
 def test_run_baselines_rejects_unknown_names(train):

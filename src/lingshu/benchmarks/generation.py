@@ -22,7 +22,7 @@ from lingshu.inference.generate import generate
 from lingshu.training.checkpoint import load_checkpoint
 from lingshu.training.run import train
 
-DEFAULT_BASELINES = ("independent_genes", "celltype_negative_binomial", "copy_training")
+DEFAULT_BASELINES = ("independent_genes", "celltype_poisson", "celltype_negative_binomial", "copy_training")
 
 
 def run_generation_benchmark(

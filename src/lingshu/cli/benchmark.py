@@ -102,7 +102,7 @@ def generation(
         "16,64,256", "--steps", help="Comma-separated sampling step counts (quality-vs-steps table)."
     ),
     baselines: str = typer.Option(
-        "independent_genes,celltype_negative_binomial,copy_training",
+        "independent_genes,celltype_poisson,celltype_negative_binomial,copy_training",
         "--baselines",
         help="Comma-separated baselines (add scvi with `pip install 'lingshu-cell[baselines]'`).",
     ),

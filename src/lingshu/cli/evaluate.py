@@ -117,7 +117,7 @@ def evaluate(
         "",
         "--baselines",
         help="Comma-separated baselines fitted on --train and scored alongside: "
-        "independent_genes, celltype_negative_binomial, copy_training, scvi (scvi needs "
+        "independent_genes, celltype_poisson, celltype_negative_binomial, copy_training, scvi (scvi needs "
         "pip install 'lingshu-cell\\[baselines]'). Default: none.",
     ),
     scvi_max_epochs: int | None = typer.Option(

@@ -121,14 +121,15 @@ def sample_negative_binomial(
     return sp.vstack(blocks).tocsr()
 
 
-def celltype_negative_binomial(
-    train: AnnData, n_cells: int, seed: int = 0, min_dispersion: float = MIN_DISPERSION
+def _per_celltype(
+    train: AnnData,
+    n_cells: int,
+    seed: int,
+    name: str,
+    draw: Callable[[sp.csr_matrix, int, np.random.Generator], sp.csr_matrix],
 ) -> AnnData:
-    """Per cell type and gene, an overdispersed negative binomial fitted by moments.
-
-    Cell types are drawn in their training proportions and written to ``obs['cell_type']``.
-    Genes are independent given the type, so within-type correlation is lost.
-    """
+    """New cells with types drawn in their training proportions, each type's cells drawn by
+    ``draw(that type's training counts, number of cells, rng)``; types in ``obs['cell_type']``."""
     counts = _training_counts(train, n_cells)
     labels = _training_labels(train)
     rng = np.random.default_rng(seed)
@@ -139,11 +140,43 @@ def celltype_negative_binomial(
         cells = np.flatnonzero(drawn == cell_type)
         if cells.size == 0:
             continue
-        mean, phi = negative_binomial_moments(counts[labels == cell_type], min_dispersion)
-        blocks.append(sample_negative_binomial(mean, phi, cells.size, rng))
+        blocks.append(draw(counts[labels == cell_type], cells.size, rng))
         order.append(cells)
     generated = sp.vstack(blocks).tocsr()[np.argsort(np.concatenate(order))]
-    return _new_cells(train, generated, "celltype_negative_binomial", seed, drawn)
+    return _new_cells(train, generated, name, seed, drawn)
+
+
+def celltype_negative_binomial(
+    train: AnnData, n_cells: int, seed: int = 0, min_dispersion: float = MIN_DISPERSION
+) -> AnnData:
+    """Per cell type and gene, an overdispersed negative binomial fitted by moments.
+
+    Cell types are drawn in their training proportions and written to ``obs['cell_type']``.
+    Genes are independent given the type, so within-type correlation is lost.
+    """
+
+    def draw(counts: sp.csr_matrix, size: int, rng: np.random.Generator) -> sp.csr_matrix:
+        mean, phi = negative_binomial_moments(counts, min_dispersion)
+        return sample_negative_binomial(mean, phi, size, rng)
+
+    return _per_celltype(train, n_cells, seed, "celltype_negative_binomial", draw)
+
+
+def celltype_poisson(train: AnnData, n_cells: int, seed: int = 0) -> AnnData:
+    """Per cell type and gene, a Poisson with the type's mean count: the simplest cell-type-aware
+    generator. Under-dispersed against real cells (no library-size or state variation within a
+    type), which :func:`celltype_negative_binomial` adds back."""
+
+    def draw(counts: sp.csr_matrix, size: int, rng: np.random.Generator) -> sp.csr_matrix:
+        mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
+        # Dense draws a block of cells at a time, as for the negative binomial.
+        blocks = [
+            sp.csr_matrix(rng.poisson(mean, size=(min(1024, size - at), mean.size)))
+            for at in range(0, size, 1024)
+        ]
+        return sp.vstack(blocks).tocsr()
+
+    return _per_celltype(train, n_cells, seed, "celltype_poisson", draw)
 
 
 def copy_training(train: AnnData, n_cells: int, seed: int = 0) -> AnnData:
@@ -226,6 +259,7 @@ def scvi(
 
 GENERATION_BASELINES: dict[str, Baseline] = {
     "independent_genes": independent_genes,
+    "celltype_poisson": celltype_poisson,
     "celltype_negative_binomial": celltype_negative_binomial,
     "copy_training": copy_training,
     "scvi": scvi,

@@ -20,6 +20,8 @@ HOW_TO_READ = [
     "it, not by the raw numbers.",
     "Baselines: *independent_genes* resamples every gene independently (right per-gene "
     "marginals, no gene-gene structure: per-gene metrics look good, MMD and iLISI should not); "
+    "*celltype_poisson* draws Poisson counts with each cell type's mean per gene (right cell "
+    "types, no within-type variation at all); "
     "*celltype_negative_binomial* draws overdispersed counts per cell type and gene (right "
     "cell types, no within-type structure); *copy_training* returns training cells: it looks "
     "perfect on every distribution metric and must be caught by the memorisation flag; "
