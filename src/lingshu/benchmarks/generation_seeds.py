@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lingshu.benchmarks.seeds import count_met, plus_minus, stack_seeds, summarise_seeds, write_seed_files
+from lingshu.benchmarks.seeds import count_met, plus_minus, summarise_seeds, write_over_seeds
 
 # The goal: MMD and 1-WD within 1.5x of the real ceiling, Pearson of means >= 0.99, and better
 # than the peer baseline (scVI) on MMD, 1-WD and iLISI.
@@ -140,13 +140,5 @@ def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
 def write_seed_summary(per_seed: Mapping[int, pd.DataFrame], out_dir: str | Path) -> pd.DataFrame:
     """Write ``metrics_over_seeds.csv``, ``metrics_seed_summary.csv``, ``goal_over_seeds.csv`` and
     ``seeds.md`` under ``out_dir`` from each seed's metrics table; return the summary."""
-    stacked = stack_seeds({seed: _method_column(table) for seed, table in per_seed.items()})
-    summary = summarise_generation_seeds(stacked)
-    goals = goal_met(stacked)
-    tables = {
-        "metrics_over_seeds.csv": stacked,
-        "metrics_seed_summary.csv": summary,
-        "goal_over_seeds.csv": goals,
-    }
-    write_seed_files(out_dir, tables, seeds_markdown(summary, goals))
-    return summary
+    with_method = {seed: _method_column(table) for seed, table in per_seed.items()}
+    return write_over_seeds(with_method, out_dir, summarise_generation_seeds, goal_met, seeds_markdown)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lingshu.benchmarks.seeds import count_met, plus_minus, stack_seeds, summarise_seeds, write_seed_files
+from lingshu.benchmarks.seeds import count_met, plus_minus, summarise_seeds, write_over_seeds
 
 # Metrics summarised over seeds (all of the table's are kept in metrics_over_seeds.csv).
 SUMMARY_METRICS = (
@@ -98,13 +98,4 @@ def seeds_markdown(summary: pd.DataFrame, goals: pd.DataFrame) -> str:
 def write_seed_summary(per_seed: Mapping[int, pd.DataFrame], out_dir: str | Path) -> pd.DataFrame:
     """Write ``metrics_over_seeds.csv`` (every seed's table), ``metrics_seed_summary.csv``,
     ``goal_over_seeds.csv`` and ``seeds.md`` under ``out_dir``; return the summary."""
-    stacked = stack_seeds(per_seed)
-    summary = summarise_perturbation_seeds(stacked)
-    goals = goal_met(stacked)
-    tables = {
-        "metrics_over_seeds.csv": stacked,
-        "metrics_seed_summary.csv": summary,
-        "goal_over_seeds.csv": goals,
-    }
-    write_seed_files(out_dir, tables, seeds_markdown(summary, goals))
-    return summary
+    return write_over_seeds(per_seed, out_dir, summarise_perturbation_seeds, goal_met, seeds_markdown)

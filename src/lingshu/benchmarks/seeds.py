@@ -10,7 +10,7 @@ goal is) live in :mod:`~lingshu.benchmarks.perturbation_seeds` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -69,12 +69,27 @@ def count_met(met: pd.Series, unknown: str) -> str:
     return f"{int(met.astype(bool).sum())} of {len(met)}"
 
 
-def write_seed_files(out_dir: str | Path, tables: Mapping[str, pd.DataFrame], markdown: str) -> None:
-    """Write each table as ``out_dir/<name>`` (CSV) and ``markdown`` as ``out_dir/seeds.md``,
-    each atomically."""
+def write_over_seeds(
+    per_seed: Mapping[int, pd.DataFrame],
+    out_dir: str | Path,
+    summarise: Callable[[pd.DataFrame], pd.DataFrame],
+    judge: Callable[[pd.DataFrame], pd.DataFrame],
+    markdown: Callable[[pd.DataFrame, pd.DataFrame], str],
+) -> pd.DataFrame:
+    """Stack the seeds' tables, summarise them and judge the goal at each seed, then write
+    ``metrics_over_seeds.csv``, ``metrics_seed_summary.csv``, ``goal_over_seeds.csv`` and
+    ``seeds.md`` (each atomically) under ``out_dir``; return the summary."""
+    stacked = stack_seeds(per_seed)
+    summary, goals = summarise(stacked), judge(stacked)
     out_dir = Path(out_dir)
+    tables = {
+        "metrics_over_seeds.csv": stacked,
+        "metrics_seed_summary.csv": summary,
+        "goal_over_seeds.csv": goals,
+    }
     for name, frame in tables.items():
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
     with atomic_path(out_dir / "seeds.md") as tmp:
-        tmp.write_text(markdown)
+        tmp.write_text(markdown(summary, goals))
+    return summary
