@@ -1,6 +1,6 @@
 """The generation benchmark over seeds: its metrics, the issue's goal at each seed, ``seeds.md``.
 
-Over random 540-cell draws the real-vs-real ceiling's MMD alone ranges about 0.007-0.012 on the
+Over six random 540-cell draws the real-vs-real ceiling's MMD alone ranged 0.0072-0.0120 on the
 pbmc3k split, so one seed's "MMD within 1.5x of the ceiling" says little. Each seed reruns the
 benchmark (training unless a checkpoint is reused, generation, baselines, the ceiling's draw), and
 the goal is judged at each seed against that seed's ceiling and scVI, and once more on the means.
