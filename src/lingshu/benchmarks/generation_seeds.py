@@ -41,9 +41,9 @@ TABLE_COLUMNS = {
     "celltype_tvd": "cell-type TVD",
 }
 GOAL_COLUMNS = {
-    "mmd_within_ceiling": "MMD <= 1.5x ceiling",
-    "wasserstein_1_within_ceiling": "1-WD <= 1.5x ceiling",
-    "pearson_at_least": "Pearson >= 0.99",
+    "mmd_within_ceiling": f"MMD <= {CEILING_RATIO}x ceiling",
+    "wasserstein_1_within_ceiling": f"1-WD <= {CEILING_RATIO}x ceiling",
+    "pearson_at_least": f"Pearson >= {MIN_PEARSON}",
     "beats_peer": f"beats {PEER}",
     "goal_met": "goal met",
 }
