@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lingshu.cli import app
 from lingshu.cli._common import user_errors_as_messages
+
+if TYPE_CHECKING:  # pandas is imported by the benchmarks themselves, not at CLI start-up
+    import pandas as pd
 
 benchmark_app = typer.Typer(
     help="Benchmarks: speed and memory, generation and perturbation quality.", no_args_is_help=True
@@ -86,6 +91,23 @@ def speed(
         typer.echo(f"wrote {profile_path}")
 
 
+def run_over_seeds(
+    seeds: list[int],
+    out: Path,
+    run_seed: Callable[[Path, int], pd.DataFrame],
+    write_summary: Callable[[dict[int, pd.DataFrame], Path], object],
+) -> None:
+    """Run a benchmark once per seed into ``out/seed_<S>/`` (``run_seed`` returns its metrics
+    table), write the summary over seeds with ``write_summary`` and print ``seeds.md``."""
+    per_seed = {}
+    for each in seeds:
+        typer.echo(f"seed {each}: {out / f'seed_{each}'}")
+        per_seed[each] = run_seed(out / f"seed_{each}", each)
+    write_summary(per_seed, out)
+    typer.echo((out / "seeds.md").read_text())
+    typer.echo(f"report: {out / 'seeds.md'}")
+
+
 @benchmark_app.command("generation")
 @user_errors_as_messages
 def generation(
@@ -135,35 +157,27 @@ def generation(
     from lingshu.benchmarks.seeds import parse_seeds
 
     seed_list = parse_seeds(seeds) if seeds is not None else None
-
-    def run_once(run_out: Path, run_seed: int):
-        return run_generation_benchmark(
-            run_out,
-            dataset=dataset,
-            split=split,
-            preset=preset,
-            max_steps=max_steps,
-            min_cells=min_cells,
-            sampling_steps=[int(s) for s in steps.split(",")],
-            baselines=[b for b in baselines.split(",") if b],
-            checkpoint=checkpoint,
-            seed=run_seed,
-            condition_key=None if condition_key.lower() == "none" else condition_key,
-            depth_bins=depth_bins,
-        )
-
+    options = {
+        "dataset": dataset,
+        "split": split,
+        "preset": preset,
+        "max_steps": max_steps,
+        "min_cells": min_cells,
+        "sampling_steps": [int(s) for s in steps.split(",")],
+        "baselines": [b for b in baselines.split(",") if b],
+        "checkpoint": checkpoint,
+        "condition_key": None if condition_key.lower() == "none" else condition_key,
+        "depth_bins": depth_bins,
+    }
     if seed_list is not None:
         from lingshu.benchmarks.generation_seeds import write_seed_summary
 
-        per_seed = {}
-        for each in seed_list:
-            typer.echo(f"seed {each}: {out / f'seed_{each}'}")
-            per_seed[each] = run_once(out / f"seed_{each}", each)
-        write_seed_summary(per_seed, out)
-        typer.echo((out / "seeds.md").read_text())
-        typer.echo(f"report: {out / 'seeds.md'}")
+        def run_seed(run_out: Path, run_seed: int) -> pd.DataFrame:
+            return run_generation_benchmark(run_out, seed=run_seed, **options)
+
+        run_over_seeds(seed_list, out, run_seed, write_seed_summary)
         return
-    table = run_once(out, seed)
+    table = run_generation_benchmark(out, seed=seed, **options)
     typer.echo(table.to_string())
     typer.echo(f"report: {out / 'report' / 'report.md'}")
 
@@ -344,13 +358,9 @@ def perturbation(
     if seed_list is not None:
         from lingshu.benchmarks.perturbation_seeds import write_seed_summary
 
-        per_seed = {}
-        for each in seed_list:
-            typer.echo(f"seed {each}: {out / f'seed_{each}'}")
-            per_seed[each] = run_once(out / f"seed_{each}", each).metrics
-        write_seed_summary(per_seed, out)
-        typer.echo((out / "seeds.md").read_text())
-        typer.echo(f"report: {out / 'seeds.md'}")
+        run_over_seeds(
+            seed_list, out, lambda run_out, each: run_once(run_out, each).metrics, write_seed_summary
+        )
         return
     result = run_once(out, seed)
     typer.echo(result.metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -98,6 +98,25 @@ def negative_binomial_moments(
     return mean, np.maximum(excess, min_dispersion)
 
 
+def _sample_expressed(
+    mean: np.ndarray, n_cells: int, draw: Callable[[int], np.ndarray], block_size: int = 1024
+) -> sp.csr_matrix:
+    """``n_cells`` cells over the genes of ``mean``: genes with mean 0 stay 0, and
+    ``draw(size)`` gives the (size, n expressed genes) counts of the others, ``block_size`` cells
+    at a time so the dense draw stays bounded."""
+    expressed = np.flatnonzero(mean > 0)
+    blocks = []
+    for start in range(0, n_cells, block_size):
+        size = min(block_size, n_cells - start)
+        block = sp.csr_matrix(draw(size))
+        blocks.append(
+            sp.csr_matrix((block.data, expressed[block.indices], block.indptr), shape=(size, mean.size))
+        )
+    if not blocks:
+        return sp.csr_matrix((0, mean.size), dtype=np.int64)
+    return sp.vstack(blocks).tocsr()
+
+
 def sample_negative_binomial(
     mean: np.ndarray, phi: np.ndarray, n_cells: int, rng: np.random.Generator, block_size: int = 1024
 ) -> sp.csr_matrix:
@@ -106,19 +125,12 @@ def sample_negative_binomial(
     Genes with mean 0 stay 0; the dense draw is bounded to ``block_size`` cells at a time.
     """
     mean = np.asarray(mean, dtype=np.float64)
-    expressed = np.flatnonzero(mean > 0)
+    expressed = mean > 0
     theta = 1.0 / np.asarray(phi, dtype=np.float64)[expressed]
     p = theta / (theta + mean[expressed])
-    blocks = []
-    for start in range(0, n_cells, block_size):
-        size = min(block_size, n_cells - start)
-        block = sp.csr_matrix(rng.negative_binomial(theta, p, size=(size, expressed.size)))
-        blocks.append(
-            sp.csr_matrix((block.data, expressed[block.indices], block.indptr), shape=(size, mean.size))
-        )
-    if not blocks:
-        return sp.csr_matrix((0, mean.size), dtype=np.int64)
-    return sp.vstack(blocks).tocsr()
+    return _sample_expressed(
+        mean, n_cells, lambda size: rng.negative_binomial(theta, p, size=(size, theta.size)), block_size
+    )
 
 
 def _per_celltype(
@@ -169,12 +181,8 @@ def celltype_poisson(train: AnnData, n_cells: int, seed: int = 0) -> AnnData:
 
     def draw(counts: sp.csr_matrix, size: int, rng: np.random.Generator) -> sp.csr_matrix:
         mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
-        # Dense draws a block of cells at a time, as for the negative binomial.
-        blocks = [
-            sp.csr_matrix(rng.poisson(mean, size=(min(1024, size - at), mean.size)))
-            for at in range(0, size, 1024)
-        ]
-        return sp.vstack(blocks).tocsr()
+        rates = mean[mean > 0]
+        return _sample_expressed(mean, size, lambda block: rng.poisson(rates, size=(block, rates.size)))
 
     return _per_celltype(train, n_cells, seed, "celltype_poisson", draw)
 
