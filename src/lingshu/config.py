@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+HEADS = ("categorical", "tilted")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -64,6 +66,16 @@ class ModelConfig:
     parts' summed shifts: additive in log expression, the scale the perturbation metrics score
     on, where summed count folds overshoot genes that a part sends to zero in some cells and up
     in others. Training turns it on for perturbation models in place of ``combine_folds``.
+    ``head`` picks the output parameterisation. ``categorical``: a 281-way linear head on each
+    gene's decompressed state (plus the token prior). ``tilted``: each gene's frozen training
+    token table tilted by three context-dependent exponents read from its group's state and the
+    cell's mean state, a slope and a curvature on log(1 + count) (capped at the gene's highest
+    training count) and an offset on count 0: 3 numbers per gene instead of 281, so it learns
+    in CPU minutes; with the network off it is the per-gene table. ``readout_rank`` > 0 makes
+    each gene's read-out a mix of that many shared read-outs (0: a full read-out per gene).
+    ``value_embedding`` adds to each group's input its genes' own read-in vectors weighted by
+    log(1 + count) and by visibility: the token embedding is shared by all genes, so without it
+    a group knows "slot 3 holds a 5" but not what a 5 of that gene says about the cell.
     """
 
     n_genes: int = 0
@@ -97,6 +109,9 @@ class ModelConfig:
     poisson_tail: bool = False
     combine_folds: bool = False
     combine_log_means: bool = False
+    head: str = "categorical"
+    readout_rank: int = 0
+    value_embedding: bool = False
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
     permutation_seed: int = 0
@@ -174,11 +189,14 @@ class ModelConfig:
             raise ValueError("head dimension must be even for rotary embeddings")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if not 0 <= self.depth_table_width <= 100:  # tokens below 100 are exact counts
             raise ValueError(f"depth_table_width must be in 0..100, got {self.depth_table_width}")
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+LOSS_WEIGHTINGS = ("inverse_t", "masked_mean")
 
 
 @dataclass(frozen=True)
@@ -202,6 +220,23 @@ class TrainConfig:
     # Controls (the perturbation slot's control label) are capped at this fraction of the
     # training cells, as in the paper; 1.0 keeps every control cell.
     max_control_fraction: float = 0.1
+    # Fraction of the training cells held back as a validation slice (never trained on, nor used
+    # by the priors) whose masked NLL is logged every val_every steps (0: checkpoint_every);
+    # the best-scoring EMA weights are kept and used for sampling.
+    val_fraction: float = 0.0
+    val_every: int = 0
+    # Score about this many masked genes per cell (an unbiased subsample, see
+    # lingshu.model.diffusion.masked_loss_and_mask); 0 scores every masked gene.
+    scored_genes: int = 0
+    # Learning rate of the per-gene parameters (read-in, read-out, embeddings) relative to the
+    # network's: each gene's gradient comes from that gene alone and is far noisier, and Adam
+    # moves every parameter by about the learning rate whatever its gradient's signal.
+    gene_lr_scale: float = 1.0
+    # How a cell's masked cross-entropy is normalised: "inverse_t" divides its sum by t x (observed
+    # genes), the paper's 1/t-weighted bound on the NLL; "masked_mean" takes the mean over its
+    # masked genes, the same in expectation up to the ratio's bias, without the 1/t weight's variance
+    # at small t (a cell with 10 masked genes no longer weighs as much as one with 5,000).
+    loss_weighting: str = "inverse_t"
     # Recompute each block's activations in the backward pass: less memory, ~30% more compute.
     activation_checkpointing: bool = False
     # torch.compile the loss computation (model forward and cross-entropy); same results up to
@@ -212,6 +247,10 @@ class TrainConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.scored_genes < 0:
+            raise ValueError(f"scored_genes must be >= 0, got {self.scored_genes}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

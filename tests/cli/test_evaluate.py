@@ -68,6 +68,7 @@ def test_help_explains_every_option():
     ):
         assert option in result.output
     assert "independent_genes" in result.output and "ceiling" in result.output
+    assert "independent_genes_by_group" in result.output
 
 
 def test_evaluate_writes_a_report_and_prints_the_table(files, tmp_path):
@@ -100,6 +101,28 @@ def test_evaluate_writes_a_report_and_prints_the_table(files, tmp_path):
     assert "real_ceiling" in result.output and "(ceiling)" in result.output
     assert "mmd ↓" in result.output and "memorisation_flag" in result.output
     assert (out / "report.md").exists() and (out / "report.html").exists()
+
+
+def test_the_grouped_lookup_baseline_and_the_unbiased_mmd_reach_the_report(files, tmp_path):
+    out = tmp_path / "report"
+    result = _run(
+        "--real",
+        str(files["real"]),
+        "--generated",
+        f"worse={files['worse']}",
+        "--train",
+        str(files["train"]),
+        "--baselines",
+        "independent_genes_by_group",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "metrics.csv", index_col="method")
+    assert list(table.index) == ["worse", "independent_genes_by_group", "real_ceiling"]
+    assert table.loc["independent_genes_by_group", "mmd_unbiased"] < table.loc["worse", "mmd_unbiased"]
+    assert table.loc["worse", "mmd_pvalue"] <= 0.01
+    assert "mmd_unbiased ↓" in result.output and "mmd_pvalue ↑" in result.output
 
 
 def test_generated_names_can_be_given_separately(files, tmp_path):

@@ -10,12 +10,20 @@ from lingshu.evaluation.baselines import (
     celltype_poisson,
     copy_training,
     independent_genes,
+    independent_genes_by_group,
+    library_size_bins,
     negative_binomial_moments,
     run_baselines,
     scvi,
 )
 
-CHEAP = ["independent_genes", "celltype_poisson", "celltype_negative_binomial", "copy_training"]
+CHEAP = [
+    "independent_genes",
+    "independent_genes_by_group",
+    "celltype_poisson",
+    "celltype_negative_binomial",
+    "copy_training",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +60,77 @@ def test_independent_genes_keeps_marginals_and_destroys_correlation(train):
     i, j = np.unravel_index(np.argmax(corr), corr.shape)
     assert corr[i, j] > 0.5
     assert abs(np.corrcoef(np.log1p(generated[:, i]), np.log1p(generated[:, j]))[0, 1]) < 0.1
+
+
+def test_library_size_bins_are_equal_count_quantiles_within_each_type():
+    library = np.array([50, 10, 40, 20, 30, 60, 7, 5, 9])
+    labels = np.array(["a"] * 6 + ["b"] * 3)
+    # a: 6 cells -> 3 bins of 2 by size; b: 3 cells -> 1 bin (fewer than 2 cells per bin)
+    np.testing.assert_array_equal(library_size_bins(library, labels, 8), [2, 0, 1, 0, 1, 2, 0, 0, 0])
+    np.testing.assert_array_equal(library_size_bins(library, labels, 2), [1, 0, 1, 0, 0, 1, 0, 0, 0])
+
+
+@pytest.fixture(scope="module")
+def by_group(train):
+    """Training cells with their (type, bin) groups, and 4,000 cells generated from them."""
+    counts = _dense(train)
+    labels = train.obs["cell_type"].astype(str).to_numpy()
+    bins = library_size_bins(counts.sum(1), labels)
+    generated = independent_genes_by_group(train, 4000, 0)
+    gen_labels = generated.obs["cell_type"].astype(str).to_numpy()
+    gen_bins = generated.obs["depth_bin"].to_numpy()
+    groups = sorted(set(zip(labels, bins, strict=True)))
+    return counts, labels, bins, _dense(generated), gen_labels, gen_bins, groups
+
+
+def test_independent_genes_by_group_keeps_type_and_group_proportions(by_group):
+    counts, labels, bins, generated, gen_labels, gen_bins, groups = by_group
+    assert len(groups) == 3 * 8  # 3 types of well over 16 cells: 8 bins each
+    for cell_type in np.unique(labels):
+        assert np.mean(gen_labels == cell_type) == pytest.approx(np.mean(labels == cell_type), abs=0.03)
+    for cell_type, depth_bin in groups:
+        share = np.mean((labels == cell_type) & (bins == depth_bin))
+        drawn = np.mean((gen_labels == cell_type) & (gen_bins == depth_bin))
+        # binomial sampling error of 4,000 draws, with room
+        assert drawn == pytest.approx(share, abs=4 * np.sqrt(share * (1 - share) / 4000))
+
+
+def test_independent_genes_by_group_resamples_each_gene_within_its_group(by_group):
+    counts, labels, bins, generated, gen_labels, gen_bins, groups = by_group
+    z_scores = []
+    for cell_type, depth_bin in groups:
+        source = counts[(labels == cell_type) & (bins == depth_bin)]
+        drawn = generated[(gen_labels == cell_type) & (gen_bins == depth_bin)]
+        for gene in range(counts.shape[1]):
+            assert np.isin(drawn[:, gene], source[:, gene]).all(), (cell_type, depth_bin, gene)
+        # each value a uniform draw from the group: mean = group mean, sd = group sd / sqrt(n)
+        spread = source.std(0) / np.sqrt(drawn.shape[0])
+        varies = spread > 0
+        np.testing.assert_array_equal(drawn.mean(0)[~varies], source.mean(0)[~varies])
+        z_scores.append((drawn.mean(0)[varies] - source.mean(0)[varies]) / spread[varies])
+    z_scores = np.concatenate(z_scores)
+    # genes come from different training cells: no generated cell is a whole training cell
+    training_rows = {tuple(row) for row in counts}
+    assert sum(tuple(row) in training_rows for row in generated) == 0
+    assert np.abs(z_scores).max() < 6
+    assert np.mean(z_scores**2) == pytest.approx(1.0, abs=0.2)
+
+
+def test_independent_genes_by_group_tracks_each_groups_depth(by_group):
+    counts, labels, bins, generated, gen_labels, gen_bins, groups = by_group
+    train_depth, gen_depth = [], []
+    for cell_type, depth_bin in groups:
+        train_depth.append(counts[(labels == cell_type) & (bins == depth_bin)].sum(1).mean())
+        gen_depth.append(generated[(gen_labels == cell_type) & (gen_bins == depth_bin)].sum(1).mean())
+    train_depth, gen_depth = np.array(train_depth), np.array(gen_depth)
+    assert np.corrcoef(train_depth, gen_depth)[0, 1] > 0.95
+    np.testing.assert_allclose(gen_depth, train_depth, rtol=0.15)
+    for cell_type in np.unique(labels):
+        deepest = generated[(gen_labels == cell_type) & (gen_bins == 7)].sum(1)
+        shallowest = generated[(gen_labels == cell_type) & (gen_bins == 0)].sum(1)
+        assert deepest.mean() > 1.5 * shallowest.mean()
+    # so the overall spread of library sizes is the training one
+    assert generated.sum(1).std() == pytest.approx(counts.sum(1).std(), rel=0.1)
 
 
 def test_negative_binomial_moments_recover_mean_and_dispersion():
@@ -103,7 +182,9 @@ def test_copy_training_returns_training_cells_with_their_labels(train):
     assert set(generated.obs["cell_type"].astype(str)) <= set(train.obs["cell_type"].astype(str))
 
 
-@pytest.mark.parametrize("baseline", [celltype_negative_binomial, celltype_poisson])
+@pytest.mark.parametrize(
+    "baseline", [celltype_negative_binomial, celltype_poisson, independent_genes_by_group]
+)
 def test_celltype_baselines_need_labels(train, baseline):
     unlabelled = train.copy()
     del unlabelled.obs["cell_type"]

@@ -15,6 +15,9 @@ from lingshu.evaluation.metrics import (
     memorisation_result,
     mmd,
     mmd_multiscale,
+    mmd_permutation_pvalue,
+    mmd_pvalue,
+    mmd_unbiased,
     pearson_mean,
     score_generation,
     spearman_mean,
@@ -60,6 +63,62 @@ def test_mmd_matches_the_direct_formula():
     kxx, kyy, kxy = kernel[:20, :20], kernel[20:, 20:], kernel[:20, 20:]
     expected = kxx.mean() + kyy.mean() - 2 * kxy.mean()
     assert mmd_multiscale(x, y, block_size=7) == pytest.approx(expected, rel=1e-10)
+
+
+def _gaussian_mixture(rng, n, shift=0.0, dims=20):
+    """Two equally likely Gaussian components 3 apart along the first axis, plus ``shift``."""
+    centres = np.zeros((2, dims))
+    centres[1, 0] = 3.0
+    return centres[rng.integers(0, 2, size=n)] + rng.normal(size=(n, dims)) + shift
+
+
+def test_unbiased_mmd_is_noise_for_one_distribution_and_significant_for_two():
+    rng = np.random.default_rng(5)
+    a, b = _gaussian_mixture(rng, 300), _gaussian_mixture(rng, 300)
+    same = mmd_permutation_pvalue(a, b, seed=0)
+    assert same.statistic == pytest.approx(mmd_unbiased(a, b), rel=1e-9, abs=1e-12)
+    assert abs(same.statistic) < 3 * same.null_sd
+    assert same.p_value > 0.01
+    # the biased estimate sits far above 0 for the same pair: its diagonal terms
+    assert mmd_multiscale(a, b) > 5 * same.null_sd
+    shifted = mmd_permutation_pvalue(a, _gaussian_mixture(rng, 300, shift=0.3), seed=0)
+    assert shifted.p_value <= 0.01
+    assert shifted.statistic > 10 * shifted.null_sd
+
+
+def test_unbiased_mmd_is_the_biased_one_without_the_diagonal_by_hand():
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(5, 3)), rng.normal(0.8, 1.0, size=(4, 3))
+    pooled = np.vstack([x, y])
+    sq = ((pooled[:, None, :] - pooled[None, :, :]) ** 2).sum(-1)
+    sigma0 = sq.sum() / (9 * 9 - 9)
+    kernel = sum(np.exp(-sq / (sigma0 * s)) for s in (0.25, 0.5, 1, 2, 4))
+    kxx, kyy, kxy = kernel[:5, :5], kernel[5:, 5:], kernel[:5, 5:]
+    within_x = (kxx.sum() - np.trace(kxx)) / (5 * 4)
+    within_y = (kyy.sum() - np.trace(kyy)) / (4 * 3)
+    expected = within_x + within_y - 2 * kxy.mean()
+    assert mmd_unbiased(x, y, block_size=2) == pytest.approx(expected, rel=1e-10)
+    # the same number as the biased MMD^2 with its x-x and y-y means corrected by hand
+    correction = (within_x - kxx.mean()) + (within_y - kyy.mean())
+    assert mmd_unbiased(x, y) == pytest.approx(mmd_multiscale(x, y) + correction, rel=1e-10)
+    # and the permutation test reports that same statistic
+    assert mmd_permutation_pvalue(x, y, n_permutations=20).statistic == pytest.approx(expected, rel=1e-10)
+
+
+def test_permutation_pvalue_is_seeded():
+    rng = np.random.default_rng(7)
+    a, b = _gaussian_mixture(rng, 120), _gaussian_mixture(rng, 100, shift=0.05)
+    first = mmd_permutation_pvalue(a, b, n_permutations=100, seed=3)
+    assert first == mmd_permutation_pvalue(a, b, n_permutations=100, seed=3)
+    other = mmd_permutation_pvalue(a, b, n_permutations=100, seed=4)
+    assert other.statistic == first.statistic and other.null_sd != first.null_sd
+    # p is (1 + #null >= observed) / (1 + n): a multiple of 1/101 in (0, 1]
+    assert 0 < first.p_value <= 1 and (first.p_value * 101) == pytest.approx(round(first.p_value * 101))
+
+
+def test_unbiased_mmd_needs_two_cells_per_side():
+    with pytest.raises(ValueError, match="at least 2 cells"):
+        mmd_unbiased(np.zeros((1, 3)), np.ones((5, 3)))
 
 
 def _harmony_lisi(coords, labels, perplexity):
@@ -140,6 +199,7 @@ def test_a_new_sample_of_the_same_distribution_scores_well(shifted_sets):
         ("pearson_mean", "smaller"),
         ("spearman_mean", "smaller"),
         ("mmd", "larger"),
+        ("mmd_unbiased", "larger"),
         ("wasserstein_1", "larger"),
         ("ilisi", "smaller"),
     ],
@@ -151,6 +211,18 @@ def test_metrics_get_monotonically_worse_with_the_shift(shifted_sets, name, wors
     diffs = np.diff(values)
     assert np.all(diffs > 0) if worse_when == "larger" else np.all(diffs < 0), values
     assert metric.higher_is_better == (worse_when == "smaller")
+
+
+def test_registered_mmd_pvalue_separates_a_new_sample_from_a_shifted_one(shifted_sets):
+    real = shifted_sets["real"]
+    values, _ = score_generation(real, shifted_sets["s0.0"], MetricContext(seed=0))
+    shifted, _ = score_generation(real, shifted_sets["s1.0"], MetricContext(seed=0))
+    assert values["mmd_pvalue"] > 0.01 and shifted["mmd_pvalue"] <= 0.01
+    assert abs(values["mmd_unbiased"]) < values["mmd"] < shifted["mmd"]
+    # the registered value is the pure estimator on the joint PCA
+    embedding = MetricContext(seed=0).joint_embedding(real, shifted_sets["s1.0"])
+    assert shifted["mmd_unbiased"] == pytest.approx(mmd_unbiased(embedding.real, embedding.generated))
+    assert mmd_pvalue(real, shifted_sets["s1.0"], MetricContext(seed=0)) == shifted["mmd_pvalue"]
 
 
 def test_mmd_subsampling_is_seeded(shifted_sets):

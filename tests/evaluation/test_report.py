@@ -58,6 +58,10 @@ def test_scores_rank_methods_as_constructed(full_report):
     assert table.loc["model", "mmd"] < table.loc["shifted", "mmd"]
     assert table.loc["model", "ilisi"] > table.loc["independent_genes", "ilisi"]
     assert table.loc["real_ceiling", "mmd"] < table.loc["independent_genes", "mmd"]
+    # the unbiased MMD of a real-like sample is noise around 0, the shifted set is clearly off
+    assert abs(table.loc["model", "mmd_unbiased"]) < 0.2 * table.loc["model", "mmd"]
+    assert table.loc["model", "mmd_pvalue"] > 0.01 and table.loc["real_ceiling", "mmd_pvalue"] > 0.01
+    assert table.loc["shifted", "mmd_pvalue"] <= 0.01
     # conditional labels exist only for the NB baseline, the shifted set and the ceiling
     assert np.isnan(table.loc["model", "celltype_accuracy"])
     assert table.loc["celltype_negative_binomial", "celltype_accuracy"] > 0.8
@@ -94,7 +98,8 @@ def test_files_are_written(full_report):
         assert png.read_bytes()[:8] == PNG_MAGIC
     csv = pd.read_csv(out / "metrics.csv", index_col="method")
     assert list(csv.index) == list(table.index)
-    np.testing.assert_allclose(csv["mmd"], table["mmd"])
+    for column in ("mmd", "mmd_unbiased", "mmd_pvalue"):
+        np.testing.assert_allclose(csv[column], table[column])
 
 
 def test_meta_and_report_explain_directions_and_ceiling(full_report):
@@ -106,6 +111,8 @@ def test_meta_and_report_explain_directions_and_ceiling(full_report):
     assert "celltype_accuracy" in meta["skipped"]["model"]
     report = (out / "report.md").read_text()
     assert "real_ceiling (ceiling)" in report and "mmd ↓" in report
+    assert "mmd_unbiased ↓" in report and "mmd_pvalue ↑" in report
+    assert "dominated by its diagonal" in report and "sampling noise" in report
     assert "How to read" in report and "## Cell-type proportions" in report
     assert "## Marker genes" in report and "umap.png" in report
     html = (out / "report.html").read_text()

@@ -37,18 +37,32 @@ def test_checkpoint_is_self_describing(tmp_path, counts_adata):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"condition_keys": {"source": "cell_type"}, "depth_bins": 3}],
-    ids=["unconditional", "cell-type-and-depth"],
+    [
+        {},
+        {"condition_keys": {"source": "cell_type"}, "depth_bins": 3},
+        {
+            "train_overrides": {"val_fraction": 0.25},
+            "model_overrides": {"head": "tilted", "value_embedding": True},
+        },
+    ],
+    ids=["unconditional", "cell-type-and-depth", "tilted-with-validation"],
 )
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, counts_adata, options):
+    options = dict(options)
+    extra = options.pop("train_overrides", {})
     straight = train(
-        counts_adata, tmp_path / "a", preset="tiny", train_overrides=TINY, progress=False, **options
+        counts_adata,
+        tmp_path / "a",
+        preset="tiny",
+        train_overrides={**TINY, **extra},
+        progress=False,
+        **options,
     )
     train(
         counts_adata,
         tmp_path / "b",
         preset="tiny",
-        train_overrides={**TINY, "max_steps": 3},
+        train_overrides={**TINY, **extra, "max_steps": 3},
         progress=False,
         **options,
     )
@@ -64,6 +78,38 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, counts_adata,
     assert resumed.step == straight.step == 6
     assert _states_equal(resumed.model_state, straight.model_state)
     assert _states_equal(resumed.ema_state["model"], straight.ema_state["model"])
+    assert resumed.validation_log == straight.validation_log or all(
+        a["val_nll"] == b["val_nll"] and a["step"] == b["step"]
+        for a, b in zip(resumed.validation_log, straight.validation_log, strict=True)
+    )
+    if straight.best_state is not None:
+        assert _states_equal(resumed.best_state, straight.best_state)
+
+
+def test_validation_slice_is_logged_and_the_best_weights_are_kept_for_sampling(tmp_path, counts_adata):
+    overrides = {**TINY, "val_fraction": 0.25, "val_every": 2}
+    result = train(counts_adata, tmp_path / "v", preset="tiny", train_overrides=overrides, progress=False)
+    assert [int(r["step"]) for r in result.validation_log] == [2, 4, 6]
+    assert all(r["train_seconds"] > 0 and r["val_nll"] > 0 for r in result.validation_log)
+    loaded = load_checkpoint(tmp_path / "v")
+    assert (tmp_path / "v" / "validation.csv").is_file() and (tmp_path / "v" / "best.pt").is_file()
+    best = loaded.best_validation
+    assert best["val_nll"] == min(r["val_nll"] for r in result.validation_log)
+    assert _states_equal(loaded.build_model().state_dict(), loaded.best_state)
+    # The validation cells are never trained on: the fingerprint is of the whole file, but the
+    # model saw 3/4 of the cells (the data loader's cell count).
+    assert loaded.train_config.val_fraction == 0.25
+
+
+def test_validation_fraction_must_leave_cells_on_both_sides(tmp_path, counts_adata):
+    with pytest.raises(ValueError, match="val-fraction"):
+        train(
+            counts_adata,
+            tmp_path / "x",
+            preset="tiny",
+            train_overrides={**TINY, "val_fraction": 1.0},
+            progress=False,
+        )
 
 
 def test_same_seed_gives_the_same_model_and_another_seed_does_not(tmp_path, counts_adata):

@@ -117,7 +117,8 @@ def evaluate(
         "",
         "--baselines",
         help="Comma-separated baselines fitted on --train and scored alongside: "
-        "independent_genes, celltype_poisson, celltype_negative_binomial, copy_training, scvi (scvi needs "
+        "independent_genes, independent_genes_by_group, celltype_poisson, "
+        "celltype_negative_binomial, copy_training, scvi (scvi needs "
         "pip install 'lingshu-cell\\[baselines]'). Default: none.",
     ),
     scvi_max_epochs: int | None = typer.Option(
@@ -147,10 +148,16 @@ def evaluate(
         True, "--plots/--no-plots", help="Write PNG plots (UMAP, proportions, markers, bars)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="The model's checkpoint directory: its validation curve (validation.csv) is plotted "
+        "in the report.",
+    ),
 ) -> None:
-    """Score generated cells against held-out real cells (Pearson/Spearman of gene means, MMD,
-    Wasserstein-1, iLISI, cell-type proportions, memorisation), always next to the
-    real-vs-real ceiling, and write a report."""
+    """Score generated cells against held-out real cells (Pearson/Spearman of gene means, MMD
+    biased and unbiased with a permutation p-value, Wasserstein-1, iLISI, cell-type
+    proportions, memorisation), always next to the real-vs-real ceiling, and write a report."""
     from lingshu.evaluation.report import evaluate_generation
 
     baseline_names = _parse_baselines(baselines)
@@ -162,6 +169,14 @@ def evaluate(
     real_cells = _read(real, "--real")
     train_cells = None if train is None else _read(train, "--train")
     generated_cells = {name: _read(path, f"--generated {name!r}") for name, path in paths.items()}
+    curve = None
+    if checkpoint is not None:
+        if not (checkpoint / "manifest.json").is_file():
+            raise FileNotFoundError(f"--checkpoint {checkpoint} is not a lingshu checkpoint directory")
+        if (checkpoint / "validation.csv").is_file():
+            import pandas as pd
+
+            curve = pd.read_csv(checkpoint / "validation.csv")
     table = evaluate_generation(
         real_cells,
         generated_cells,
@@ -175,6 +190,7 @@ def evaluate(
         max_cells=max_cells,
         plots_enabled=plots,
         progress=progress,
+        learning_curve=curve,
     )
     _print_table(table)
     typer.echo(f"report written to {out}/report.md (and report.html, metrics.csv)")

@@ -21,6 +21,8 @@ from lingshu.evaluation.metrics import (
     MetricContext,
     memorisation,
     mmd_multiscale,
+    mmd_permutation_pvalue,
+    mmd_unbiased,
     score_generation,
     wasserstein_per_gene,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "marker_table",
     "memorisation",
     "mmd_multiscale",
+    "mmd_permutation_pvalue",
+    "mmd_unbiased",
     "preprocess",
     "proportion_table",
     "rank_markers",

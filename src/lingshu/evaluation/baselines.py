@@ -19,6 +19,7 @@ from lingshu.evaluation.preprocess import check_counts, count_matrix
 
 CELL_TYPE_KEY = "cell_type"
 MIN_DISPERSION = 0.01
+MAX_DEPTH_BINS = 8
 SCVI_INSTALL_HINT = "pip install 'lingshu-cell[baselines]'"
 
 Baseline = Callable[[AnnData, int, int], AnnData]
@@ -79,6 +80,84 @@ def independent_genes(train: AnnData, n_cells: int, seed: int = 0) -> AnnData:
     else:
         generated = sp.csr_matrix((n_cells, counts.shape[1]))
     return _new_cells(train, generated, "independent_genes", seed)
+
+
+def library_size_bins(
+    library_sizes: np.ndarray, labels: np.ndarray, max_bins: int = MAX_DEPTH_BINS
+) -> np.ndarray:
+    """Equal-frequency library-size bin of every cell within its label (0 = shallowest).
+
+    A label with n cells gets min(max_bins, n // 2) bins (at least 1), so every bin holds at
+    least two cells. Cells are ranked by library size (ties in cell order) and cut into bins
+    of equal count; quantile edges would leave empty bins where many cells share a size.
+    """
+    library_sizes = np.asarray(library_sizes)
+    labels = np.asarray(labels)
+    bins = np.zeros(labels.size, dtype=np.int64)
+    for label in np.unique(labels):
+        cells = np.flatnonzero(labels == label)
+        n_bins = max(1, min(max_bins, cells.size // 2))
+        order = cells[np.argsort(library_sizes[cells], kind="stable")]
+        bins[order] = np.arange(cells.size) * n_bins // cells.size
+    return bins
+
+
+def resample_genes_independently(
+    counts: sp.spmatrix,
+    n_cells: int,
+    rng: np.random.Generator,
+    cell_block: int = 512,
+    gene_block: int = 2048,
+) -> sp.csr_matrix:
+    """``n_cells`` cells whose every gene value is copied from an independently drawn row.
+
+    Dense work is bounded to ``counts.shape[0] x gene_block`` (one column block of the
+    source) plus ``cell_block x gene_block`` (the draws), whatever ``n_cells`` is.
+    """
+    source = sp.csc_matrix(counts)
+    n_source, n_genes = source.shape
+    pieces: list[list[sp.csr_matrix]] = [[] for _ in range(0, n_cells, cell_block)]
+    for gene_start in range(0, n_genes, gene_block):
+        columns = source[:, gene_start : gene_start + gene_block].toarray()
+        for i, cell_start in enumerate(range(0, n_cells, cell_block)):
+            size = min(cell_block, n_cells - cell_start)
+            rows = rng.integers(0, n_source, size=(size, columns.shape[1]))
+            pieces[i].append(sp.csr_matrix(np.take_along_axis(columns, rows, axis=0)))
+    if not pieces:
+        return sp.csr_matrix((0, n_genes), dtype=source.dtype)
+    return sp.vstack([sp.hstack(row, format="csr") for row in pieces], format="csr")
+
+
+def independent_genes_by_group(
+    train: AnnData, n_cells: int, seed: int = 0, max_depth_bins: int = MAX_DEPTH_BINS
+) -> AnnData:
+    """:func:`independent_genes` within each (cell type, library-size bin) group.
+
+    Groups are the cell types crossed with equal-frequency library-size bins within each type
+    (:func:`library_size_bins`). New cells get groups in their training proportions and each of
+    their genes is copied from an independently drawn training cell of that group: a lookup
+    table that keeps cell types and sequencing depth but no other gene-gene structure. The
+    depth bin goes to ``obs['depth_bin']`` next to ``obs['cell_type']``.
+    """
+    if max_depth_bins < 1:
+        raise ValueError(f"max_depth_bins must be >= 1, got {max_depth_bins}")
+    counts = _training_counts(train, n_cells)
+    labels = _training_labels(train)
+    bins = library_size_bins(np.asarray(counts.sum(axis=1)).ravel(), labels, max_depth_bins)
+    rng = np.random.default_rng(seed)
+    # the group of a uniformly drawn training cell: groups in training proportions
+    drawn = rng.integers(0, counts.shape[0], size=n_cells)
+    groups = np.unique(labels, return_inverse=True)[1].ravel() * max_depth_bins + bins
+    blocks, order = [], []
+    for group in np.unique(groups[drawn]):
+        cells = np.flatnonzero(groups[drawn] == group)
+        blocks.append(resample_genes_independently(counts[groups == group], cells.size, rng))
+        order.append(cells)
+    generated = sp.vstack(blocks).tocsr()[np.argsort(np.concatenate(order))]
+    result = _new_cells(train, generated, "independent_genes_by_group", seed, labels[drawn])
+    result.obs["depth_bin"] = bins[drawn]
+    result.uns["lingshu_baseline"]["max_depth_bins"] = int(max_depth_bins)
+    return result
 
 
 def negative_binomial_moments(
@@ -267,6 +346,7 @@ def scvi(
 
 GENERATION_BASELINES: dict[str, Baseline] = {
     "independent_genes": independent_genes,
+    "independent_genes_by_group": independent_genes_by_group,
     "celltype_poisson": celltype_poisson,
     "celltype_negative_binomial": celltype_negative_binomial,
     "copy_training": copy_training,

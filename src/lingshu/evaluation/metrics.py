@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -26,6 +26,7 @@ from lingshu.evaluation.lisi import scaled_ilisi
 
 MMD_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 MEMORISATION_THRESHOLD = 0.5
+MMD_PERMUTATIONS = 200
 REQUIREMENT_NOTES = {
     "real_labels": "needs obs['cell_type'] on the real cells",
     "generated_labels": "needs obs['cell_type'] on the generated cells (conditional generation)",
@@ -52,6 +53,7 @@ class MetricContext:
     lisi_n_pcs: int = 20
     lisi_perplexity: float = 30.0
     memorisation_threshold: float = MEMORISATION_THRESHOLD
+    mmd_permutations: int = MMD_PERMUTATIONS
     reference_cache: dict[str, Any] = field(default_factory=dict, repr=False)
     pair_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -89,6 +91,15 @@ class MetricContext:
         if "predicted_labels" not in self.pair_cache:
             self.pair_cache["predicted_labels"] = self.classifier(real).predict(generated)
         return self.pair_cache["predicted_labels"]
+
+    def mmd_permutation_test(self, real: np.ndarray, generated: np.ndarray) -> MMDPermutationTest:
+        """Unbiased MMD^2 and its permutation p-value on the joint PCA (computed once per context)."""
+        if "mmd_permutation" not in self.pair_cache:
+            embedding = self.joint_embedding(real, generated)
+            self.pair_cache["mmd_permutation"] = mmd_permutation_pvalue(
+                embedding.real, embedding.generated, self.mmd_permutations, self.seed
+            )
+        return self.pair_cache["mmd_permutation"]
 
     def heldout_to_train(self, real: np.ndarray) -> np.ndarray:
         """Distance from each (subsampled) real cell to its nearest training cell."""
@@ -133,6 +144,32 @@ class Metric:
 # --- pure computations (no context) -------------------------------------------------------
 
 
+def _mmd_bandwidths(pooled: np.ndarray) -> np.ndarray | None:
+    """The five Gaussian bandwidths sigma0 * {1/4, 1/2, 1, 2, 4} of the pooled sample.
+
+    sigma0 is the mean squared distance between distinct points, sum / (n^2 - n), as in the
+    paper's code. ``None`` when every point is identical (sigma0 = 0).
+    """
+    n = pooled.shape[0]
+    # sum_ij ||a_i - a_j||^2 = 2 n sum_i ||a_i||^2 - 2 ||sum_i a_i||^2 (no n x n matrix needed)
+    total_sq = 2 * n * np.einsum("ij,ij->", pooled, pooled) - 2 * np.sum(pooled.sum(axis=0) ** 2)
+    sigma0 = max(total_sq, 0.0) / (n * n - n)
+    if sigma0 <= 0:
+        return None
+    return sigma0 * np.asarray(MMD_SCALES)
+
+
+def _kernel_block(block: np.ndarray, b: np.ndarray, b_sq: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """Summed Gaussian kernels between the rows of ``block`` and of ``b`` (``b_sq``: row norms^2)."""
+    sq = np.einsum("ij,ij->i", block, block)[:, None] + b_sq[None, :] - 2 * block @ b.T
+    sq = np.maximum(sq, 0.0)
+    return sum(np.exp(-sq / s) for s in sigmas)
+
+
+def _as_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
 def mmd_multiscale(x: np.ndarray, y: np.ndarray, block_size: int = 2048) -> float:
     """Biased MMD^2 with a sum of five Gaussian kernels exp(-||a-b||^2 / sigma).
 
@@ -140,28 +177,116 @@ def mmd_multiscale(x: np.ndarray, y: np.ndarray, block_size: int = 2048) -> floa
     points of the pooled sample, sum / (n^2 - n), as in the paper's code. The kernel means are
     accumulated in row blocks so memory stays O(block_size * n).
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    pooled = np.vstack([x, y])
-    n = pooled.shape[0]
-    # sum_ij ||a_i - a_j||^2 = 2 n sum_i ||a_i||^2 - 2 ||sum_i a_i||^2 (no n x n matrix needed)
-    total_sq = 2 * n * np.einsum("ij,ij->", pooled, pooled) - 2 * np.sum(pooled.sum(axis=0) ** 2)
-    sigma0 = max(total_sq, 0.0) / (n * n - n)
-    if sigma0 <= 0:
+    x, y = _as_pair(x, y)
+    sigmas = _mmd_bandwidths(np.vstack([x, y]))
+    if sigmas is None:
         return 0.0  # every point identical: both samples are the same point mass
-    sigmas = sigma0 * np.asarray(MMD_SCALES)
 
     def kernel_mean(a: np.ndarray, b: np.ndarray) -> float:
         b_sq = np.einsum("ij,ij->i", b, b)
         total = 0.0
         for start in range(0, a.shape[0], block_size):
-            block = a[start : start + block_size]
-            sq = np.einsum("ij,ij->i", block, block)[:, None] + b_sq[None, :] - 2 * block @ b.T
-            sq = np.maximum(sq, 0.0)
-            total += sum(np.exp(-sq / s).sum() for s in sigmas)
+            total += _kernel_block(a[start : start + block_size], b, b_sq, sigmas).sum()
         return total / (a.shape[0] * b.shape[0])
 
     return float(kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y))
+
+
+def _unbiased_from_products(
+    in_x: np.ndarray, kernel_z: np.ndarray, row_sums: np.ndarray, n_x: int, n_y: int
+) -> np.ndarray:
+    """Unbiased MMD^2 of every labelling (column of ``in_x``) from K0 @ in_x and K0's row sums.
+
+    K0 is the pooled kernel matrix with a zero diagonal, so z' K0 z sums x-x pairs with i != j.
+    The cross pairs never touch the diagonal, and the y-y sum follows from the grand total.
+    """
+    sum_xx = np.einsum("ij,ij->j", in_x, kernel_z)
+    sum_xy = row_sums @ in_x - sum_xx
+    sum_yy = row_sums.sum() - sum_xx - 2 * sum_xy
+    return sum_xx / (n_x * (n_x - 1)) + sum_yy / (n_y * (n_y - 1)) - 2 * sum_xy / (n_x * n_y)
+
+
+def _unbiased_mmd_of_labellings(
+    pooled: np.ndarray, in_x: np.ndarray, n_x: int, block_size: int
+) -> np.ndarray | None:
+    """Unbiased MMD^2 for each labelling of the pooled cells (columns of the 0/1 ``in_x``).
+
+    One blocked pass over the pooled kernel matrix serves every labelling (K0 @ in_x), so the
+    kernels are computed once however many permutations there are; memory stays
+    O(block_size * n + n * labellings). ``None`` when every point is identical.
+    """
+    sigmas = _mmd_bandwidths(pooled)
+    if sigmas is None:
+        return None
+    n = pooled.shape[0]
+    pooled_sq = np.einsum("ij,ij->i", pooled, pooled)
+    kernel_z = np.empty((n, in_x.shape[1]))
+    row_sums = np.empty(n)
+    for start in range(0, n, block_size):
+        block = _kernel_block(pooled[start : start + block_size], pooled, pooled_sq, sigmas)
+        rows = np.arange(block.shape[0])
+        block[rows, start + rows] = 0.0  # drop the i == j terms: this is what removes the bias
+        kernel_z[start : start + block.shape[0]] = block @ in_x
+        row_sums[start : start + block.shape[0]] = block.sum(axis=1)
+    return _unbiased_from_products(in_x, kernel_z, row_sums, n_x, n - n_x)
+
+
+def _check_unbiased_sizes(x: np.ndarray, y: np.ndarray) -> None:
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError(f"unbiased MMD needs at least 2 cells per side, got {x.shape[0]} and {y.shape[0]}")
+
+
+def mmd_unbiased(x: np.ndarray, y: np.ndarray, block_size: int = 1024) -> float:
+    """Unbiased MMD^2 with the kernels and sigma0 of :func:`mmd_multiscale`.
+
+    The x-x and y-y kernel means leave out the i == j terms (sum over i != j over n(n-1)); the
+    cross term is the mean over all pairs. An unbiased estimate of a distance that may be 0, so
+    it scatters around 0 for two samples of one distribution and can be negative. 0 when
+    every point is identical.
+    """
+    x, y = _as_pair(x, y)
+    _check_unbiased_sizes(x, y)
+    in_x = np.r_[np.ones(x.shape[0]), np.zeros(y.shape[0])][:, None]
+    values = _unbiased_mmd_of_labellings(np.vstack([x, y]), in_x, x.shape[0], block_size)
+    return 0.0 if values is None else float(values[0])
+
+
+class MMDPermutationTest(NamedTuple):
+    """Unbiased MMD^2, its permutation p-value and the sd of the permutation null."""
+
+    statistic: float
+    p_value: float
+    null_sd: float
+
+
+def mmd_permutation_pvalue(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_permutations: int = MMD_PERMUTATIONS,
+    seed: int = 0,
+    block_size: int = 1024,
+) -> MMDPermutationTest:
+    """Permutation test of "x and y come from one distribution" with the unbiased MMD^2.
+
+    The null is the unbiased MMD^2 of random relabellings of the pooled cells (same group
+    sizes). p = (1 + #{null >= observed}) / (1 + n_permutations), so it is never 0. The kernel
+    matrix is computed once and shared by the observed labelling and all permutations.
+    Returns ``(statistic, p_value, null_sd)``.
+    """
+    if n_permutations < 2:
+        raise ValueError(f"n_permutations must be >= 2, got {n_permutations}")
+    x, y = _as_pair(x, y)
+    _check_unbiased_sizes(x, y)
+    observed = np.r_[np.ones(x.shape[0]), np.zeros(y.shape[0])]
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permuted(np.tile(observed, (n_permutations, 1)), axis=1)
+    in_x = np.vstack([observed, shuffled]).T
+    values = _unbiased_mmd_of_labellings(np.vstack([x, y]), in_x, x.shape[0], block_size)
+    if values is None:
+        return MMDPermutationTest(0.0, 1.0, 0.0)  # one point mass: nothing to tell apart
+    statistic, null = values[0], values[1:]
+    p_value = (1 + np.count_nonzero(null >= statistic)) / (1 + n_permutations)
+    return MMDPermutationTest(float(statistic), float(p_value), float(np.std(null, ddof=1)))
 
 
 def wasserstein_per_gene(real: np.ndarray, generated: np.ndarray, block_size: int = 1024) -> np.ndarray:
@@ -257,6 +382,18 @@ def mmd(real: np.ndarray, generated: np.ndarray, context: MetricContext | None =
     return mmd_multiscale(embedding.real, embedding.generated)
 
 
+def mmd_unbiased_metric(
+    real: np.ndarray, generated: np.ndarray, context: MetricContext | None = None
+) -> float:
+    """Unbiased multi-scale Gaussian MMD^2 on the joint PCA of real and generated cells."""
+    return _context(context).mmd_permutation_test(real, generated).statistic
+
+
+def mmd_pvalue(real: np.ndarray, generated: np.ndarray, context: MetricContext | None = None) -> float:
+    """Permutation p-value of the unbiased MMD^2 (high: indistinguishable from the real cells)."""
+    return _context(context).mmd_permutation_test(real, generated).p_value
+
+
 def wasserstein_1(real: np.ndarray, generated: np.ndarray, context: MetricContext | None = None) -> float:
     """Mean over genes of the 1-D Wasserstein-1 distance of the per-gene marginals."""
     ctx = _context(context)
@@ -349,6 +486,20 @@ GENERATION_METRICS: dict[str, Metric] = {
             False,
             mmd,
             "biased MMD^2, 5 Gaussian kernels (sigma0 x 1/4..4) on a joint 50-PC PCA (0 = same)",
+        ),
+        Metric(
+            "mmd_unbiased",
+            False,
+            mmd_unbiased_metric,
+            "unbiased MMD^2 (i == j kernel terms left out), same kernels and PCA as mmd; "
+            "about 0 for a sample of the real distribution, small negative values are noise",
+        ),
+        Metric(
+            "mmd_pvalue",
+            True,
+            mmd_pvalue,
+            f"permutation p-value of mmd_unbiased ({MMD_PERMUTATIONS} relabellings of the "
+            "pooled cells); <= 0.01 means clearly distinguishable from the real cells",
         ),
         Metric(
             "wasserstein_1",

@@ -261,3 +261,21 @@ def plot_fold_change_scatter(points: Mapping[str, pd.DataFrame], path: Path) -> 
     for ax in axes[len(names) :]:
         ax.axis("off")
     return _save(fig, path)
+
+
+def plot_learning_curve(curve: pd.DataFrame, path: Path) -> Path:
+    """Validation NLL per gene against optimisation step and against training seconds."""
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, column, label in (
+        (axes[0], "step", "optimisation step"),
+        (axes[1], "train_seconds", "training seconds"),
+    ):
+        ax.plot(curve[column], curve["val_nll"], marker="o", markersize=3)
+        best = curve["val_nll"].idxmin()
+        ax.scatter([curve[column][best]], [curve["val_nll"][best]], color="tab:red", zorder=3, label="kept")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("validation NLL (nats/gene)")
+    axes[1].legend(frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -160,6 +160,7 @@ def evaluate_generation(
     plots_enabled: bool = True,
     progress: bool = True,
     blas_threads: int | None = 1,
+    learning_curve: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Score each generated set against the held-out ``real`` cells and write a report.
 
@@ -186,6 +187,8 @@ def evaluate_generation(
         progress: show a progress bar on stderr.
         blas_threads: BLAS threads during evaluation (``None`` = library default). One thread
             avoids contention between numpy's and scipy's OpenBLAS pools on small machines.
+        learning_curve: the model's validation curve (columns ``step``, ``train_seconds``,
+            ``val_nll``, as a checkpoint's ``validation.csv``): plotted and copied to the report.
 
     Returns:
         One row per method (models, then baselines, then ``real_ceiling``): ``kind``,
@@ -225,7 +228,13 @@ def evaluate_generation(
         if plots_enabled:
             step("plotting", advance=0)
             figures = _write_figures(methods, table, extras, genes, out_dir, seed)
+            if learning_curve is not None and len(learning_curve):
+                path = plots.plot_learning_curve(learning_curve, out_dir / "learning_curve.png")
+                figures["Learning curve: validation NLL per gene at t = 0.5"] = path.name
             step("plots written")
+        if learning_curve is not None:
+            with atomic_path(out_dir / "learning_curve.csv") as tmp:
+                learning_curve.to_csv(tmp, index=False)
         meta = _meta(methods, table, genes, ceiling_mode, ceiling_n, seed, max_cells, started)
         meta["genes_per_input"] = genes_per_input
         _write_outputs(out_dir, table, extras, meta, figures)

@@ -43,18 +43,21 @@ def masked_diffusion_loss(
     t_min: float = 1e-3,
     t: torch.Tensor | None = None,
     draws: torch.Tensor | None = None,
+    scored_genes: int = 0,
 ) -> LossOutput:
     """The 1/t-weighted masked cross-entropy; only masked *observed* genes carry a target.
 
     ``observed`` is (G,) or (B, G) boolean. Unobserved genes are fed as [MASK] and never scored.
     ``t`` (B,) and ``draws`` (B, G) uniform numbers may be given to fix the masks (else drawn).
+    ``scored_genes`` > 0 scores about that many of each cell's masked genes (an unbiased
+    estimate of the same loss, see :func:`masked_loss_and_mask`); 0 scores every one.
     """
     b, g = tokens.shape
     if t is None:
         t = sample_mask_levels(b, t_min, generator, tokens.device)
     if draws is None:
         draws = torch.rand(b, g, generator=generator).to(tokens.device)
-    loss, masked = masked_loss_and_mask(model, tokens, observed, conditions, t, draws)
+    loss, masked = masked_loss_and_mask(model, tokens, observed, conditions, t, draws, scored_genes)
     return LossOutput(loss=loss, n_masked=int(masked.sum()), mean_t=float(t.mean()))
 
 
@@ -65,23 +68,46 @@ def masked_loss_and_mask(
     conditions: torch.Tensor | None,
     t: torch.Tensor,
     draws: torch.Tensor,
+    scored_genes: int = 0,
+    masked_mean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of :func:`masked_diffusion_loss` for fixed masks, and the (B, G) mask itself.
 
-    Tensors only (no Python numbers), so torch.compile captures it as one graph.
+    With ``scored_genes`` > 0, a masked gene is scored when its draw is below t * r with
+    r = min(1, scored_genes / (t * L)): given that it is masked (draw < t) that happens with
+    probability exactly r, so weighting scored genes by 1 / r keeps the loss unbiased while the
+    output head runs on about ``scored_genes`` positions per cell instead of t * L.
+    ``masked_mean`` divides each cell's sum by its scored (masked) count instead of t * L * r.
     """
     b, g = tokens.shape
     observed = observed.expand(b, g) if observed.dim() == 1 else observed
     masked = (draws < t[:, None]) & observed
     inputs = torch.where(masked | ~observed, torch.full_like(tokens, MASK_TOKEN), tokens)
+    hidden = model.encode(inputs, conditions)
+    n_observed = observed.sum(1).clamp_min(1)
+    if scored_genes > 0:
+        rate = (scored_genes / (t * n_observed)).clamp(max=1.0)
+        cells, genes = ((draws < (t * rate)[:, None]) & observed).nonzero(as_tuple=True)
+        logits = model.logits_at(
+            hidden,
+            cells,
+            genes,
+            model.context_index(conditions),
+            model.tilt(conditions),
+            model.depth_index(conditions),
+        ).float()
+        nll = F.cross_entropy(logits, tokens[cells, genes], reduction="none")
+        scored = torch.bincount(cells, minlength=b).clamp_min(1)
+        weights = 1.0 / (scored if masked_mean else rate * t * n_observed)
+        return (nll * weights[cells]).sum() / b, masked
     # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
     permutation = model.permutation
-    hidden = model.encode(inputs, conditions)
     logits = model.permuted_logits(
         hidden, model.context_index(conditions), model.tilt(conditions), model.depth_index(conditions)
     ).float()
     nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
-    weights = masked[:, permutation] / (t[:, None] * observed.sum(1, keepdim=True).clamp_min(1))
+    scale = masked.sum(1).clamp_min(1) if masked_mean else t * n_observed
+    weights = masked[:, permutation] / scale[:, None]
     return (nll.view(b, g) * weights).sum() / b, masked
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lingshu.config import ModelConfig
-from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, N_EXPRESSION_TOKENS
+from lingshu.data.tokenizer import FIRST_CONDITION_TOKEN, MASK_TOKEN, N_EXPRESSION_TOKENS
 from lingshu.model.tilt import (
     PSEUDO_COUNT,
     TOKEN_FLOOR,
@@ -26,6 +26,9 @@ from lingshu.model.tilt import (
     tilt_offsets,
     token_values,
 )
+
+# The tilted head's exponents per gene: slope and curvature on log(1 + count), offset on count 0.
+N_EXPONENTS = 3
 
 
 class RMSNorm(nn.Module):
@@ -114,13 +117,41 @@ class MaskPredictor(nn.Module):
         self.register_buffer("permutation", permutation, persistent=True)
         self.register_buffer("inverse_permutation", torch.argsort(permutation), persistent=True)
         self.compress = nn.Linear(s * d, d, bias=False) if s > 1 else nn.Identity()
-        self.decompress = nn.Linear(d, s * d, bias=False) if s > 1 else nn.Identity()
+        # Per gene, read-in vectors of its log(1 + count) and of its being visible: a count means
+        # something different for every gene, which a token embedding shared by all genes and
+        # summed over a group cannot say (the first layer of an MLP on counts, per group).
+        self.gene_read_in = nn.Parameter(torch.zeros(g, 2, d)) if config.value_embedding else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(d, config.norm_eps)
-        self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
+        self.tilted = config.head == "tilted"
+        if self.tilted:
+            # Three exponents per gene (slope and curvature on log(1 + count), offset on count 0)
+            # read from its group's state and the cell's mean state by the gene's own read-out
+            # vectors, plus constants: the groups can carry a shared cell state and each gene
+            # reads what moves it. The curvature lets a tilt peak at a count, not only lean.
+            if not config.token_prior:
+                raise ValueError("the tilted head tilts the token prior: token_prior must be on")
+            if config.readout_rank:
+                # Each gene's read-out is a mix of ``readout_rank`` shared ones: genes that move
+                # together share what they learn, and a gene has r numbers to fit, not 6D.
+                self.gene_readout = nn.Parameter(torch.zeros(g, config.readout_rank))
+                self.readout_basis = nn.Parameter(torch.zeros(config.readout_rank, N_EXPONENTS, 2 * d))
+            else:
+                self.gene_readout = nn.Parameter(torch.zeros(g, N_EXPONENTS, 2 * d))
+            # What every gene reads alike (depth moves them all): learned from every gene at
+            # once, so it is low-noise, where a gene's own read-out learns from that gene only.
+            self.shared_readout = nn.Parameter(torch.zeros(N_EXPONENTS, 2 * d))
+            self.gene_exponents = nn.Parameter(torch.zeros(g, N_EXPONENTS))
+        else:
+            self.decompress = nn.Linear(d, s * d, bias=False) if s > 1 else nn.Identity()
+            self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
         self.token_prior = nn.Parameter(torch.zeros(g, N_EXPRESSION_TOKENS)) if config.token_prior else None
-        if self.token_prior is not None and config.has_perturbation_prior:
-            # Here the token prior is the control baseline the shift prior is calibrated against;
+        # The tilted head's per-gene statistic: log(1 + count), capped at the gene's highest
+        # training count so that a raising slope cannot lift the floored tokens past it.
+        self.register_buffer("log_count_capped", torch.zeros(g, N_EXPRESSION_TOKENS) if self.tilted else None)
+        if self.token_prior is not None and (config.has_perturbation_prior or self.tilted):
+            # The tilted head's table is a fixed base that the network tilts (low-variance).
+            # With a shift prior, it is the control baseline the tilts are calibrated against;
             # trained, it would drift towards the (mostly perturbed) training cells' average and
             # count that average shift twice for every perturbation.
             self.token_prior.requires_grad_(False)
@@ -192,22 +223,36 @@ class MaskPredictor(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         if self.gene_embedding is not None:
             nn.init.normal_(self.gene_embedding, std=0.02)
+        if self.gene_read_in is not None:
+            nn.init.normal_(self.gene_read_in, std=0.02)
+        if self.tilted and self.config.readout_rank:
+            nn.init.normal_(self.gene_readout, std=1.0)  # the basis starts at zero instead
         # GPT-2 style: shrink residual-branch outputs with depth.
         for block in self.blocks:
             for linear in (block.attn.out, block.mlp.down):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
 
     @torch.no_grad()
-    def init_token_prior(self, frequencies: torch.Tensor, floor: float = TOKEN_FLOOR) -> None:
+    def init_token_prior(
+        self, frequencies: torch.Tensor, floor: float = TOKEN_FLOOR, highest: torch.Tensor | None = None
+    ) -> None:
         """Set the per-gene logit table to log token frequencies (G, 281), floored at ``floor``.
 
         The floor is tiny on purpose: a rare token such as 'count 5,000' that the data never show
-        must not get the probability mass that add-one smoothing would give it.
+        must not get the probability mass that add-one smoothing would give it. ``highest`` (G,)
+        is each gene's highest token seen in training (the tilted head's cap; default: the
+        highest above the floor).
         """
         if self.token_prior is None:
             raise ValueError("this model was built with token_prior=False")
         probabilities = frequencies / frequencies.sum(-1, keepdim=True).clamp_min(1e-12)
         self.token_prior.copy_(torch.log(probabilities.clamp_min(floor)).to(self.token_prior))
+        if self.tilted:
+            if highest is None:
+                seen = probabilities > floor
+                highest = N_EXPRESSION_TOKENS - 1 - seen.flip(-1).float().argmax(-1)
+            cap = torch.log1p(self.token_values[highest])[:, None]
+            self.log_count_capped.copy_(torch.minimum(torch.log1p(self.token_values)[None], cap))
         self._combination_tilts.clear()
 
     @property
@@ -464,6 +509,8 @@ class MaskPredictor(nn.Module):
         permuted = F.pad(tokens[:, self.permutation], (0, self.n_groups * s - g), value=rows - 1)
         index = permuted.view(b * self.n_groups, s) + torch.arange(s, device=tokens.device) * rows
         x = F.embedding_bag(index, table, mode="sum").view(b, self.n_groups, d) + constant
+        if self.gene_read_in is not None:
+            x = x + self.read_in(tokens)
         n_cond = 0
         if conditions is not None and conditions.shape[1] > 0:
             condition_states = self.condition_embedding(conditions)
@@ -476,6 +523,18 @@ class MaskPredictor(nn.Module):
             else:
                 x = block(x, cos, sin)
         return self.final_norm(x[:, n_cond:])
+
+    def read_in(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n_groups, D): each group's sum of its genes' read-in vectors weighted by their
+        log(1 + count) and visibility ([MASK] and unobserved genes: 0, 0)."""
+        b, g = tokens.shape
+        s, pad = self.config.patch_size, self.n_groups * self.config.patch_size - g
+        visible = tokens != MASK_TOKEN
+        values = torch.log1p(self.token_values[tokens.clamp(max=N_EXPRESSION_TOKENS - 1)]) * visible
+        features = torch.stack([values, visible.to(values.dtype)], -1)[:, self.permutation]
+        features = F.pad(features, (0, 0, 0, pad)).view(b, self.n_groups, s, 2)
+        weights = F.pad(self.gene_read_in.index_select(0, self.permutation), (0, 0, 0, 0, 0, pad))
+        return torch.einsum("bjsk,jskd->bjd", features, weights.view(self.n_groups, s, 2, -1))
 
     def condition_embedding(self, conditions: torch.Tensor) -> torch.Tensor:
         """(B, n_slots, D) condition states: each slot's token embeddings summed (padding -1 adds
@@ -495,12 +554,14 @@ class MaskPredictor(nn.Module):
         context: torch.Tensor | None = None,
         tilt: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
+        network: bool = True,
     ) -> torch.Tensor:
         """Expression-token logits (M, 281) for the (cell, gene) pairs given as index vectors.
 
         ``context`` (B,) holds each hidden row's context-prior row (:meth:`context_index`),
         ``tilt`` (B, G) its summed tilts (:meth:`tilt`) and ``depth`` (B,) its depth-table row
-        (:meth:`depth_index`).
+        (:meth:`depth_index`). ``network=False`` gives the priors alone (the network's
+        contribution removed), for the likelihood yardstick's "network off" row.
 
         Decompression, the gene embedding and the head are linear, so the logits of gene g in
         slot s of group j are (head @ W_up_s) h_j + head @ gene_g: one small matmul per slot on
@@ -509,12 +570,8 @@ class MaskPredictor(nn.Module):
         d, s = self.config.d_model, self.config.patch_size
         position = self.inverse_permutation[genes]
         group, slot = position // s, position % s
-        states = hidden[cells, group]
-        head = self.head.weight
-        # Per-gene offsets head @ gene_g, gathered once, enter each matmul through addmm.
-        offsets = states.new_zeros(len(genes), head.shape[0])
-        if self.gene_embedding is not None:
-            offsets = offsets + (self.gene_embedding @ head.T)[genes]
+        # The priors' offsets (token prior, context prior, tilts, depth tables) per position.
+        offsets = hidden.new_zeros(len(genes), N_EXPRESSION_TOKENS)
         if self.token_prior is not None:
             offsets = offsets + self.token_prior[genes]
         if context is not None:
@@ -523,6 +580,28 @@ class MaskPredictor(nn.Module):
             offsets = offsets + self.tilt_offsets(tilt[cells, genes], genes)
         if depth is not None:
             offsets = self.add_depth_residual(offsets, depth[cells], genes)
+        if not network:
+            return offsets
+        if self.tilted:
+            # Read-outs start at zero: training begins exactly at the table (the network-off model).
+            # index_select, not advanced indexing: its backward (index_add) sums in a fixed
+            # order on CPU, so training is bit-for-bit reproducible.
+            n_groups = hidden.shape[1]
+            local = hidden.reshape(-1, d).index_select(0, cells * n_groups + group)
+            states = torch.cat([local, hidden.mean(1).index_select(0, cells)], -1)
+            readout = self.gene_readout.index_select(0, genes)
+            if self.config.readout_rank:
+                basis = torch.einsum("md,rkd->mrk", states, self.readout_basis)
+                exponents = states @ self.shared_readout.T + torch.einsum("mrk,mr->mk", basis, readout)
+            else:
+                exponents = torch.einsum("md,mkd->mk", states, readout + self.shared_readout)
+            constants = self.gene_exponents.index_select(0, genes)
+            return self.add_exponents(offsets, exponents + constants, genes)
+        states = hidden[cells, group]
+        head = self.head.weight
+        # Per-gene offsets head @ gene_g, gathered once, enter each matmul through addmm.
+        if self.gene_embedding is not None:
+            offsets = offsets + (self.gene_embedding @ head.T)[genes]
         if s == 1:
             return torch.addmm(offsets, states, head.T)
         per_slot = torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
@@ -534,6 +613,16 @@ class MaskPredictor(nn.Module):
         )
         logits = torch.empty_like(sorted_logits).index_copy(0, order, sorted_logits)
         return logits
+
+    def add_exponents(
+        self, offsets: torch.Tensor, exponents: torch.Tensor, genes: torch.Tensor
+    ) -> torch.Tensor:
+        """The tilted head: ``offsets`` (..., 281) plus a slope and a curvature on each gene's
+        capped log(1 + count) and an offset on count 0, ``exponents`` (..., 3) for ``genes``."""
+        slope, curvature, zero = exponents[..., :1], exponents[..., 1:2], exponents[..., 2:]
+        statistic = self.log_count_capped[genes].to(offsets.dtype)
+        logits = offsets + slope * statistic + curvature * statistic.square()
+        return torch.cat([logits[..., :1] + zero, logits[..., 1:]], dim=-1)
 
     def permuted_logits(
         self,
@@ -547,6 +636,11 @@ class MaskPredictor(nn.Module):
         """
         b = hidden.shape[0]
         d, s = self.config.d_model, self.config.patch_size
+        if self.tilted:
+            genes = self.permutation[None, :].expand(b, -1)
+            cells = torch.arange(b, device=hidden.device)[:, None].expand_as(genes)
+            flat = self.logits_at(hidden, cells.reshape(-1), genes.reshape(-1), context, tilt, depth)
+            return flat.view(b, self.config.n_genes, -1)
         head = self.head.weight
         weights = (
             head[None] if s == 1 else torch.einsum("vo,soi->svi", head, self.decompress.weight.view(s, d, d))
@@ -601,7 +695,9 @@ class MaskPredictor(nn.Module):
         t = self.n_groups + c.n_condition_slots
         per_block = 2 * t * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff) + 4 * t * t * c.d_model
         blocks = c.n_layers * per_block
-        head = 2 * c.n_genes * c.d_model * N_EXPRESSION_TOKENS
+        head = (
+            2 * c.n_genes * (N_EXPONENTS * 2 * c.d_model if self.tilted else c.d_model * N_EXPRESSION_TOKENS)
+        )
         if training:
             return float(3 * (blocks + head))
         return float(sampling_steps * blocks + head)

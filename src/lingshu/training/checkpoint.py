@@ -11,6 +11,8 @@ Layout of a checkpoint directory::
     model.pt, ema.pt     weights and their power-function EMA
     optimizer.pt         AdamW state (for --resume)
     train_log.jsonl      loss / learning rate / throughput per logged step
+    validation.csv       validation-slice NLL per gene against step and training seconds
+    best.pt              the EMA weights with the best validation NLL (used for sampling)
 
 Everything is written into a sibling temporary directory which then replaces the old checkpoint
 with renames, so a crash never leaves a half-written checkpoint behind.
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 import lingshu
@@ -51,12 +54,23 @@ class Checkpoint:
     step: int = 0
     data_fingerprint: str = ""
     log: list[dict] = field(default_factory=list)
+    validation_log: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
 
     def build_model(self, use_ema: bool = True) -> MaskPredictor:
-        """A MaskPredictor with the EMA weights (used for sampling) or the raw weights."""
+        """A MaskPredictor with the weights used for sampling (the EMA weights that scored best
+        on the validation slice, else the last EMA weights) or the last raw weights."""
         model = MaskPredictor(self.model_config)
-        model.load_state_dict(self.ema_state["model"] if use_ema else self.model_state)
+        if use_ema:
+            model.load_state_dict(self.best_state if self.best_state is not None else self.ema_state["model"])
+        else:
+            model.load_state_dict(self.model_state)
         return model.eval()
+
+    @property
+    def best_validation(self) -> dict | None:
+        """The validation point of the kept weights (step, training seconds, NLL), or None."""
+        return min(self.validation_log, key=lambda r: r["val_nll"]) if self.validation_log else None
 
 
 def save_checkpoint(checkpoint: Checkpoint, directory: Path) -> None:
@@ -81,6 +95,10 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path) -> None:
         if checkpoint.optimizer_state is not None:
             torch.save(checkpoint.optimizer_state, tmp / "optimizer.pt")
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in checkpoint.log))
+        if checkpoint.validation_log:
+            pd.DataFrame(checkpoint.validation_log).to_csv(tmp / "validation.csv", index=False)
+        if checkpoint.best_state is not None:
+            torch.save(checkpoint.best_state, tmp / "best.pt")
         _write_json(
             tmp / "manifest.json",
             {
@@ -116,6 +134,7 @@ def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint
     conditions_path = directory / "conditions.json"
     prior_path = directory / "prior.json"
     optimizer_path = directory / "optimizer.pt"
+    validation_path, best_path = directory / "validation.csv", directory / "best.pt"
     return Checkpoint(
         model_config=config_from_dict(ModelConfig, config["model"]),
         train_config=config_from_dict(TrainConfig, config["train"]),
@@ -132,6 +151,10 @@ def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint
         step=int(manifest["step"]),
         data_fingerprint=manifest.get("data_fingerprint", ""),
         log=[json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else [],
+        validation_log=(pd.read_csv(validation_path).to_dict("records") if validation_path.is_file() else []),
+        best_state=torch.load(best_path, map_location="cpu", weights_only=True)
+        if best_path.is_file()
+        else None,
     )
 
 

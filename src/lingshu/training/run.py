@@ -21,6 +21,7 @@ from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
+from lingshu.model.likelihood import choose_shrinkage, pooled_distribution, shrunk_table
 from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts, log_expression, tilted_expectations
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
@@ -40,6 +41,7 @@ from lingshu.training.perturbation_shift import (
 )
 from lingshu.training.token_counts import token_counts
 from lingshu.training.trainer import Trainer
+from lingshu.training.validation import ValidationSet, validation_split
 
 
 def data_fingerprint(adata: ad.AnnData) -> str:
@@ -120,7 +122,11 @@ def init_priors(
         labels = adata.obs[perturbation.key].astype(str).to_numpy()
         controls = np.flatnonzero(labels == perturbation.control_label)
     base = token_frequencies(data if controls is None else AlignedCounts(adata, alignment, cells=controls))
-    if model.config.token_prior:
+    if model.tilted:
+        init_shrunk_token_prior(
+            model, data if controls is None else AlignedCounts(adata, alignment, cells=controls)
+        )
+    elif model.config.token_prior:
         model.init_token_prior(base)
     if model.uses_context_prior:
         model.init_context_prior(*context_token_counts(adata, alignment, conditions, controls, obs))
@@ -163,6 +169,21 @@ def init_priors(
         at_depth = data if controls is None else AlignedCounts(adata, alignment, cells=controls)
         depth_obs = obs if obs is not None else adata.obs
         init_depth_prior(model, conditions, at_depth, base, depth_obs, (table, tail))
+
+
+def init_shrunk_token_prior(model: MaskPredictor, data: AlignedCounts, seed: int = 0) -> None:
+    """The tilted head's table: each gene's token frequencies shrunk towards all genes' pooled
+    distribution, so a count a gene never showed in training keeps a sane probability; the
+    strength is the one that best predicts a tenth of these cells from the other nine tenths."""
+    observed = torch.from_numpy(data.observed)
+    rng = np.random.default_rng([seed, 0x5A1])
+    part = (rng.random(data.n_cells) < 0.1).astype(np.int64)
+    split = token_counts(data, part, 2).double()
+    counts = split.sum(0)
+    pooled = pooled_distribution(counts, observed)
+    strength = choose_shrinkage(split[0], split[1], pooled) if split[1].sum() > 0 else 1.0
+    highest = N_EXPRESSION_TOKENS - 1 - (counts > 0).flip(-1).double().argmax(-1)
+    model.init_token_prior(shrunk_table(counts, pooled, strength).float(), floor=1e-30, highest=highest)
 
 
 def implied_log_shifts(
@@ -441,12 +462,27 @@ def _train(
                 f"training on {len(cells):,} of {adata.n_obs:,} cells (controls capped at "
                 f"{train_config.max_control_fraction:.0%})"
             )
+    validation_cells = None
+    if train_config.val_fraction > 0:
+        pool = np.arange(adata.n_obs) if cells is None else cells
+        kept, held = validation_split(len(pool), train_config.val_fraction, train_config.seed)
+        cells, validation_cells = pool[kept], pool[held]
+        if distributed.is_main():
+            print(f"holding back {len(held):,} of {len(pool):,} cells as the validation slice")
     if distributed.is_main():
         print(alignment.report())
     torch.manual_seed(train_config.seed)
     data = AlignedCounts(adata, alignment, cells=cells)
     model = MaskPredictor(model_config)
-    encoded = conditions.encode_obs(obs if cells is None else obs.iloc[cells]) if conditions.n_slots else None
+
+    def encode(rows: np.ndarray | None) -> np.ndarray | None:
+        return conditions.encode_obs(obs if rows is None else obs.iloc[rows]) if conditions.n_slots else None
+
+    encoded = encode(cells)
+    validation = None
+    if validation_cells is not None:
+        held_out = AlignedCounts(adata, alignment, cells=validation_cells)
+        validation = ValidationSet.from_counts(held_out, encode(validation_cells), train_config.seed).nll
     if not resume:
         init_priors(model, adata, alignment, conditions, data, obs)
     trainer = Trainer(model, train_config, device)
@@ -456,6 +492,10 @@ def _train(
         if previous.optimizer_state is not None:
             trainer.optimizer.load_state_dict(previous.optimizer_state)
         trainer.step, trainer.log = previous.step, list(previous.log)
+        trainer.validation_log, trainer.best_state = list(previous.validation_log), previous.best_state
+        trainer.train_seconds = (
+            previous.validation_log[-1]["train_seconds"] if previous.validation_log else 0.0
+        )
 
     def snapshot(current: Trainer) -> Checkpoint:
         return Checkpoint(
@@ -470,6 +510,8 @@ def _train(
             log=current.log,
             conditions=conditions.to_dict(),
             prior=prior,
+            validation_log=current.validation_log,
+            best_state=current.best_state,
         )
 
     trainer.run(
@@ -477,6 +519,7 @@ def _train(
         conditions=encoded,
         on_checkpoint=lambda current: save_checkpoint(snapshot(current), out_dir),
         progress=progress,
+        validation=validation,
     )
     final = snapshot(trainer)
     if distributed.is_main() and (

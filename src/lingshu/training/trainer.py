@@ -41,14 +41,24 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def make_optimizer(model: MaskPredictor, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on norm gains or the token prior,
     which would be pulled back towards uniform); fused on CUDA."""
-    decay, no_decay = [], []
+    decay, no_decay, per_gene = [], [], []
     for name, parameter in model.named_parameters():
-        (decay if parameter.dim() >= 2 and name != "token_prior" else no_decay).append(parameter)
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("gene_"):
+            per_gene.append(parameter)
+        else:
+            (decay if parameter.dim() >= 2 and name != "token_prior" else no_decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    if per_gene:
+        groups.append(
+            {"params": per_gene, "weight_decay": config.weight_decay, "lr_scale": config.gene_lr_scale}
+        )
     return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+        groups,
         lr=config.peak_lr,
         betas=config.betas,
         fused=device.type == "cuda",
@@ -76,9 +86,11 @@ def make_batch(
 class DiffusionLoss(nn.Module):
     """The training loss as one module call, which is what DDP and torch.compile wrap."""
 
-    def __init__(self, model: MaskPredictor):
+    def __init__(self, model: MaskPredictor, scored_genes: int = 0, masked_mean: bool = False):
         super().__init__()
         self.model = model
+        self.scored_genes = scored_genes
+        self.masked_mean = masked_mean
 
     def forward(
         self,
@@ -89,7 +101,9 @@ class DiffusionLoss(nn.Module):
         draws: torch.Tensor,
     ) -> torch.Tensor:
         """The masked diffusion loss of the cells for masks fixed by ``t`` and ``draws``."""
-        return masked_loss_and_mask(self.model, tokens, observed, conditions, t, draws)[0]
+        return masked_loss_and_mask(
+            self.model, tokens, observed, conditions, t, draws, self.scored_genes, self.masked_mean
+        )[0]
 
 
 class Trainer:
@@ -109,7 +123,9 @@ class Trainer:
         distributed.check_batch_size(config.batch_size, self.world_size)
         self.ema = PowerEMA(self.model, config.ema_sigma_rel)
         self.optimizer = make_optimizer(self.model, config, self.device)
-        loss: nn.Module = DiffusionLoss(self.model)
+        loss: nn.Module = DiffusionLoss(
+            self.model, config.scored_genes, config.loss_weighting == "masked_mean"
+        )
         self.ddp: DistributedDataParallel | None = None
         if self.world_size > 1:
             loss = self.ddp = DistributedDataParallel(
@@ -118,6 +134,11 @@ class Trainer:
         self.loss = torch.compile(loss) if config.compile else loss
         self.step = 0
         self.log: list[dict] = []
+        # Validation curve points (step, training seconds, NLL per gene) and the best EMA
+        # weights so far; training seconds exclude the evaluations themselves.
+        self.validation_log: list[dict] = []
+        self.best_state: dict | None = None
+        self.train_seconds = 0.0
 
     def autocast(self):
         """bf16 autocast on CUDA by default (``precision='auto'``), or as configured."""
@@ -135,7 +156,7 @@ class Trainer:
         config = self.config
         lr = learning_rate(self.step, config.peak_lr, config.min_lr, config.warmup_steps, config.max_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         local, n_genes = batch.tokens.shape
         size = local * self.world_size
         micro = config.micro_batch_size or local
@@ -171,15 +192,27 @@ class Trainer:
         self.step += 1
         return distributed.mean_over_ranks(total, self.device)
 
+    def validate(self, validation: Callable[[MaskPredictor], float]) -> float:
+        """Score the EMA weights (what sampling uses) with ``validation``, log the point and
+        keep the weights when they are the best so far."""
+        nll = validation(self.ema.model)
+        best = min((r["val_nll"] for r in self.validation_log), default=float("inf"))
+        self.validation_log.append({"step": self.step, "train_seconds": self.train_seconds, "val_nll": nll})
+        if nll < best:
+            self.best_state = {k: v.detach().clone() for k, v in self.ema.model.state_dict().items()}
+        return nll
+
     def run(
         self,
         data: AlignedCounts,
         conditions: np.ndarray | None = None,
         on_checkpoint: Callable[[Trainer], None] | None = None,
         progress: bool = True,
+        validation: Callable[[MaskPredictor], float] | None = None,
     ) -> None:
         """Train from ``self.step`` to ``config.max_steps``, calling ``on_checkpoint`` periodically
-        (on rank 0 only; progress bars also show on rank 0 only)."""
+        (on rank 0 only; progress bars also show on rank 0 only). ``validation`` scores the
+        EMA weights every ``val_every`` steps (rank 0; see :meth:`validate`)."""
         config = self.config
         if self.step >= config.max_steps:
             return
@@ -199,9 +232,12 @@ class Trainer:
             dynamic_ncols=True,
         )
         started, cells = time.perf_counter(), 0
+        val_every = config.val_every or config.checkpoint_every
+        postfix: dict[str, str] = {}
         for step, indices, counts in batches:
             if step >= config.max_steps:
                 break
+            step_started = time.perf_counter()
             batch = make_batch(
                 counts,
                 data.observed,
@@ -209,10 +245,15 @@ class Trainer:
                 self.device,
             )
             loss = self.train_step(batch, step_generator(config.seed, step))
+            self.train_seconds += time.perf_counter() - step_started
             cells += len(indices) * self.world_size
             rate = cells / max(time.perf_counter() - started, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", cells_per_s=f"{rate:.1f}")
+            postfix.update(loss=f"{loss:.4f}", cells_per_s=f"{rate:.1f}")
+            if validation is not None and self.rank == 0:
+                if self.step % val_every == 0 or self.step == config.max_steps:
+                    postfix["val_nll"] = f"{self.validate(validation):.5f}"
+            bar.set_postfix(postfix)
             if self.step % config.log_every == 0 or self.step == config.max_steps:
                 self.log.append(
                     {
