@@ -16,23 +16,33 @@ def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, count
         dataset=str(data),
         split=str(split),
         preset="tiny",
+        conditional_preset="tiny",
+        depth_bins=2,
         max_steps=3,
         min_cells=1,
         sampling_steps=(2, 4),
         baselines=("copy_training",),
         progress=False,
     )
-    names = " ".join(map(str, table.index)) + " " + " ".join(map(str, table.get("method", [])))
-    assert "lingshu (2 steps)" in names and "lingshu (4 steps)" in names
+    names = set(map(str, table.index))
+    assert {"lingshu (2 steps)", "lingshu (4 steps)", "priors alone (network off)"} <= names
+    assert {
+        "lingshu conditional (cell_type) (2 steps)",
+        "lingshu conditional (cell_type): priors alone (network off)",
+    } <= names
     assert "copy_training" in names
     report = tmp_path / "bench" / "report"
     assert (report / "report.md").is_file() and (report / "metrics.csv").is_file()
     assert "ceiling" in (report / "metrics.csv").read_text().lower()
     timings = json.loads((tmp_path / "bench" / "timings.json").read_text())
-    assert {"train_s", "generate_2_steps_s", "generate_4_steps_s", "evaluate_s"} <= set(timings)
-    # Conditioned on the cell type by default: generated cells carry their requested type, which
-    # the report scores (celltype_accuracy).
-    config = load_checkpoint(tmp_path / "bench" / "model").model_config
-    assert config.n_contexts == 3 and config.depth_bins == 8  # with depth bins, as make demo
+    assert {"train_label_free_s", "train_conditional_s", "generate_lingshu_2_steps_s", "evaluate_s"} <= set(
+        timings
+    )
+    # The headline model is label-free; the second is conditioned on the cell type and depth.
+    assert load_checkpoint(tmp_path / "bench" / "model").model_config.n_contexts == 0
+    config = load_checkpoint(tmp_path / "bench" / "model_conditional").model_config
+    assert config.n_contexts == 3 and config.depth_bins == 2
     metrics = pd.read_csv(report / "metrics.csv", index_col=0)
-    assert metrics.loc["lingshu (2 steps)", "celltype_accuracy"] >= 0
+    # Conditional cells carry their requested type, which the report scores against a classifier.
+    assert 0 <= metrics.loc["lingshu conditional (cell_type) (2 steps)", "celltype_accuracy"] <= 1
+    assert pd.isna(metrics.loc["lingshu (2 steps)"].get("celltype_accuracy", float("nan")))

@@ -19,6 +19,7 @@ def toy_split(tmp_path, counts_adata):
 def test_cli_repeats_the_generation_benchmark_over_seeds(toy_split, tmp_path):
     out = tmp_path / "out"
     args = ["--preset", "tiny", "--max-steps", "3", "--min-cells", "1", "--steps", "2"]
+    args += ["--conditional-preset", "tiny", "--depth-bins", "2"]
     result = runner.invoke(
         app,
         ["benchmark", "generation", *toy_split, *args, "--baselines", "copy_training"]
@@ -32,7 +33,15 @@ def test_cli_repeats_the_generation_benchmark_over_seeds(toy_split, tmp_path):
     summary = pd.read_csv(out / "metrics_seed_summary.csv")
     assert (summary["n_seeds"] == 2).all() and "mmd_std" in summary
     goals = pd.read_csv(out / "goal_over_seeds.csv")
-    assert list(goals["seed"]) == [0, 1] and goals["goal_met"].isna().all()  # scVI did not run
+    headline = goals[goals["method"] == "lingshu (2 steps)"]
+    assert list(headline["seed"]) == [0, 1] and goals["goal_met"].isna().all()  # scVI did not run
+    # Every model row is judged: the label-free and conditional models and their priors alone.
+    assert set(goals["method"]) == {
+        "lingshu (2 steps)",
+        "priors alone (network off)",
+        "lingshu conditional (cell_type) (2 steps)",
+        "lingshu conditional (cell_type): priors alone (network off)",
+    }
     assert "n/a (no scvi)" in result.output and (out / "seeds.md").is_file()
 
 

@@ -185,3 +185,40 @@ def test_an_output_path_that_is_a_file_is_reported(tmp_path, files):
     blocker.write_text("a file, not a folder")
     result = _run("--real", str(files["real"]), "--generated", str(files["model"]), "--out", str(blocker))
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
+
+
+def test_checkpoint_option_puts_the_validation_curve_in_the_report(files, tmp_path):
+    from lingshu.data.io import read_counts
+    from lingshu.training.run import train
+
+    train(
+        read_counts(files["train"]),
+        tmp_path / "ckpt",
+        preset="tiny",
+        train_overrides={"max_steps": 4, "batch_size": 16, "val_fraction": 0.2, "val_every": 2},
+        progress=False,
+    )
+    out = tmp_path / "report"
+    args = ["evaluate", "--real", str(files["real"]), "--generated", f"m={files['model']}"]
+    result = runner.invoke(
+        app, [*args, "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    curve = pd.read_csv(out / "learning_curve.csv")
+    assert list(curve["step"]) == [2, 4]
+    assert (out / "learning_curve.png").is_file()
+    assert "learning_curve.png" in (out / "report.md").read_text()
+
+
+def test_checkpoint_option_refuses_a_folder_that_is_not_a_checkpoint(files, tmp_path):
+    result = _run(
+        "--real",
+        str(files["real"]),
+        "--generated",
+        str(files["model"]),
+        "--checkpoint",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert result.exit_code != 0 and "not a lingshu checkpoint" in result.output

@@ -121,3 +121,26 @@ def test_drawn_slots_follow_the_asked_labels_else_their_context_else_every_cell(
     unseen_here = draw_slots(cmap, ["B", "KO1", None], 50, rng)  # KO1 never seen in line B
     assert set(unseen_here["depth"]) == {"1/2"}
     assert draw_slots(cmap, ["A", "KO2", None], 200, rng)["depth"].value_counts()["2/2"] > 100
+
+
+def test_network_off_samples_the_priors_alone_whatever_the_networks_weights(tmp_path, counts_adata):
+    overrides = {"head": "tilted", "value_embedding": True}
+    source = train(
+        counts_adata,
+        tmp_path / "tilted",
+        preset="tiny",
+        train_overrides={"max_steps": 4, "batch_size": 8},
+        model_overrides=overrides,
+        progress=False,
+    )
+    moved = load_checkpoint(tmp_path / "tilted")
+    moved.ema_state["model"] = {
+        name: value + 0.5 * (name == "shared_readout") for name, value in moved.ema_state["model"].items()
+    }
+    off_a = generate(source, n_cells=6, n_steps=3, seed=2, progress=False, network=False)
+    off_b = generate(moved, n_cells=6, n_steps=3, seed=2, progress=False, network=False)
+    on_a = generate(source, n_cells=6, n_steps=3, seed=2, progress=False)
+    on_b = generate(moved, n_cells=6, n_steps=3, seed=2, progress=False)
+    assert (off_a.X != off_b.X).nnz == 0  # the network's weights do not enter
+    assert (on_a.X != on_b.X).nnz > 0
+    assert off_a.uns["lingshu"]["network"] == "off (priors alone)"

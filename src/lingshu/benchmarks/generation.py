@@ -22,62 +22,87 @@ from lingshu.inference.generate import generate
 from lingshu.training.checkpoint import load_checkpoint
 from lingshu.training.run import train
 
-DEFAULT_BASELINES = ("independent_genes", "celltype_poisson", "celltype_negative_binomial", "copy_training")
+DEFAULT_BASELINES = (
+    "independent_genes",
+    "independent_genes_by_group",
+    "celltype_poisson",
+    "celltype_negative_binomial",
+    "copy_training",
+)
+NETWORK_OFF = "priors alone (network off)"
 
 
 def run_generation_benchmark(
     out_dir: str | Path,
     dataset: str = "pbmc3k",
     split: str = "pbmc3k_cells",
-    preset: str = "small",
+    preset: str = "cpu",
     max_steps: int | None = None,
     min_cells: int = 10,
-    sampling_steps: Sequence[int] = (16, 64, 256),
+    sampling_steps: Sequence[int] = (16, 32),
     baselines: Sequence[str] = DEFAULT_BASELINES,
     baseline_options: dict | None = None,
     checkpoint: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
-    condition_key: str | None = "cell_type",
+    conditional_key: str | None = "cell_type",
+    conditional_preset: str = "small",
     depth_bins: int = 8,
 ) -> pd.DataFrame:
     """Run the whole comparison and write ``out_dir/report`` plus ``out_dir/timings.json``.
 
-    ``checkpoint`` reuses a trained model instead of training one (its training data must be the
-    training part of the same split). ``condition_key`` (an ``obs`` column such as the cell type)
-    trains a model conditioned on it and generates cells with labels drawn in training
-    proportions; None, or a column the data lack, trains an unconditional model.
-    ``depth_bins`` > 0 adds library-size bins within each label (drawn with it when generating;
-    8 as in ``make demo``, 0 for none).
+    The headline model is label-free (the paper's unconditional setting): ``preset`` trained on
+    the training cells with no labels (or ``checkpoint``, trained on the training part of the
+    same split), generated at each of ``sampling_steps``, beside its priors alone (network off).
+    With ``conditional_key`` (an ``obs`` column the data have, e.g. the cell type) a second
+    model, ``conditional_preset`` conditioned on it and on ``depth_bins`` library-size bins
+    within it, is scored too, with its own priors alone; None skips it.
     """
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     adata = read_counts(resolve_data(dataset))
     train_cells, held_out = apply_cell_split(adata, load_split(split))
-    if checkpoint is None:
-        checkpoint = out_dir / "model"
+    overrides = {"seed": seed, **({} if max_steps is None else {"max_steps": max_steps})}
+
+    def fit(path: Path, name: str, chosen: str, **options) -> Path:
         started = time.perf_counter()
-        overrides = {"seed": seed, **({} if max_steps is None else {"max_steps": max_steps})}
-        conditional = condition_key is not None and condition_key in train_cells.obs
         train(
             train_cells,
-            checkpoint,
-            preset=preset,
+            path,
+            preset=chosen,
             min_cells=min_cells,
             train_overrides=overrides,
             progress=progress,
-            condition_keys={"source": condition_key} if conditional else None,
+            **options,
+        )
+        timings[f"train_{name}_s"] = time.perf_counter() - started
+        return path
+
+    if checkpoint is None:
+        checkpoint = fit(out_dir / "model", "label_free", preset)
+    models = {"lingshu": load_checkpoint(Path(checkpoint))}
+    if conditional_key is not None and conditional_key in train_cells.obs:
+        conditional = fit(
+            out_dir / "model_conditional",
+            "conditional",
+            conditional_preset,
+            condition_keys={"source": conditional_key},
             depth_bins=depth_bins,
         )
-        timings["train_s"] = time.perf_counter() - started
-    model = load_checkpoint(Path(checkpoint))
+        models[f"lingshu conditional ({conditional_key})"] = load_checkpoint(conditional)
     generated = {}
-    for steps in sampling_steps:
-        started = time.perf_counter()
-        cells = generate(model, held_out.n_obs, n_steps=steps, seed=seed, progress=progress)
-        timings[f"generate_{steps}_steps_s"] = time.perf_counter() - started
-        write_h5ad_atomic(cells, out_dir / f"generated_{steps}_steps.h5ad")
-        generated[f"lingshu ({steps} steps)"] = cells
+    for name, model in models.items():
+        for steps in sampling_steps:
+            started = time.perf_counter()
+            cells = generate(model, held_out.n_obs, n_steps=steps, seed=seed, progress=progress)
+            slug = name.replace(" ", "_").replace("(", "").replace(")", "")
+            timings[f"generate_{slug}_{steps}_steps_s"] = time.perf_counter() - started
+            write_h5ad_atomic(cells, out_dir / f"generated_{slug}_{steps}_steps.h5ad")
+            generated[f"{name} ({steps} steps)"] = cells
+        prefix = "" if name == "lingshu" else f"{name}: "
+        generated[prefix + NETWORK_OFF] = generate(
+            model, held_out.n_obs, n_steps=max(sampling_steps), seed=seed, progress=progress, network=False
+        )
     started = time.perf_counter()
     table = evaluate_generation(
         held_out,

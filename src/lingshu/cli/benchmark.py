@@ -115,16 +115,16 @@ def generation(
     split: str = typer.Option(
         "pbmc3k_cells", "--split", help="Cell split: a shipped split name or a JSON file."
     ),
-    preset: str = typer.Option("small", "--preset", help="Model preset to train."),
+    preset: str = typer.Option("cpu", "--preset", help="Preset of the label-free model."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps (default: preset's)."),
     min_cells: int = typer.Option(
         10, "--min-cells", help="Vocabulary: genes detected in >= this many cells."
     ),
     steps: str = typer.Option(
-        "16,64,256", "--steps", help="Comma-separated sampling step counts (quality-vs-steps table)."
+        "16,32", "--steps", help="Comma-separated sampling step counts (quality-vs-steps table)."
     ),
     baselines: str = typer.Option(
-        "independent_genes,celltype_poisson,celltype_negative_binomial,copy_training",
+        "independent_genes,independent_genes_by_group,celltype_poisson,celltype_negative_binomial,copy_training",
         "--baselines",
         help="Comma-separated baselines (add scvi with `pip install 'lingshu-cell[baselines]'`).",
     ),
@@ -140,16 +140,19 @@ def generation(
         "<out>/seed_<S>/ (with --checkpoint, the same model each time) and write the mean, spread "
         "and the issue's goal per seed (seeds.md); overrides --seed.",
     ),
-    condition_key: str = typer.Option(
+    conditional_key: str = typer.Option(
         "cell_type",
-        "--condition-key",
-        help="obs column the model is conditioned on (cells generated in its training proportions); "
-        "'none' for an unconditional model.",
+        "--conditional-key",
+        help="Also train a second, conditional model on this obs column (cells generated in its "
+        "training proportions), scored beside the label-free headline model; 'none' skips it.",
+    ),
+    conditional_preset: str = typer.Option(
+        "small", "--conditional-preset", help="Preset of the conditional model."
     ),
     depth_bins: int = typer.Option(
         8,
         "--depth-bins",
-        help="Train with N library-size bins per label, as `make demo` does (0 = none; see `lingshu train`).",
+        help="The conditional model's library-size bins per label (0 = none; see `lingshu train`).",
     ),
 ) -> None:
     """Train, generate and evaluate against held-out cells, the real ceiling and the baselines."""
@@ -166,7 +169,8 @@ def generation(
         "sampling_steps": [int(s) for s in steps.split(",")],
         "baselines": [b for b in baselines.split(",") if b],
         "checkpoint": checkpoint,
-        "condition_key": None if condition_key.lower() == "none" else condition_key,
+        "conditional_key": None if conditional_key.lower() == "none" else conditional_key,
+        "conditional_preset": conditional_preset,
         "depth_bins": depth_bins,
     }
     if seed_list is not None:

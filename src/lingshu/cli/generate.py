@@ -35,6 +35,12 @@ def generate(
     raw_weights: bool = typer.Option(
         False, "--raw-weights", help="Sample with the raw instead of EMA weights."
     ),
+    network_off: bool = typer.Option(
+        False,
+        "--network-off",
+        help="Sample from the checkpoint's priors alone (its token tables; the network switched "
+        "off): the 'priors alone' row to score beside the model.",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Global seed: same seed and checkpoint give the same cells."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -52,6 +58,7 @@ def generate(
         progress=progress,
         conditions=requested or None,
         guidance=guidance,
+        network=not network_off,
     )
     write_h5ad_atomic(adata, out)
     typer.echo(f"wrote {adata.n_obs:,} cells x {adata.n_vars:,} genes to {out} ({steps} steps)")

@@ -36,6 +36,7 @@ def generate(
     progress: bool = True,
     conditions: dict[str, str] | None = None,
     guidance: float = 0.0,
+    network: bool = True,
 ) -> ad.AnnData:
     """Generate ``n_cells`` new cells by iterative unmasking (``n_steps`` forward passes per batch).
 
@@ -45,6 +46,7 @@ def generate(
     without it, conditions are drawn in their training proportions. Labels go to ``obs``.
     ``guidance`` w > 0 applies classifier-free guidance against the control label of a
     perturbation model (``l(ctrl) + (w+1)(l(c) - l(ctrl))``); unconditional generation uses none.
+    ``network=False`` samples the checkpoint's priors alone (its network switched off).
     """
     if n_cells < 1:
         raise ValueError(f"n_cells must be >= 1, got {n_cells}")
@@ -61,7 +63,17 @@ def generate(
             raise ValueError("guidance needs a model trained with a perturbation condition (and its control)")
         control_ids = encode_rows(condition_map, labels, as_control=True)
     counts = sample_counts(
-        model, n_cells, n_steps, seed, batch_size, device, progress, token_ids, control_ids, guidance
+        model,
+        n_cells,
+        n_steps,
+        seed,
+        batch_size,
+        device,
+        progress,
+        token_ids,
+        control_ids,
+        guidance,
+        network=network,
     )
     adata = ad.AnnData(
         X=counts,
@@ -77,6 +89,7 @@ def generate(
         weights="ema" if use_ema else "raw",
         guidance=guidance,
         conditions=dict(conditions or {}) or ("training proportions" if condition_map.n_slots else "none"),
+        network="on" if network else "off (priors alone)",
     )
     return adata
 
@@ -120,6 +133,7 @@ def sample_counts(
     prefill: torch.Tensor | None = None,
     desc: str = "generating",
     extra_tilt: torch.Tensor | None = None,
+    network: bool = True,
 ) -> sp.csr_matrix:
     """Sample ``n_cells`` in batches and decode them to a CSR int32 count matrix.
 
@@ -149,6 +163,7 @@ def sample_counts(
                 prefill=rows(prefill),
                 device=device,
                 extra_tilt=rows(extra_tilt),
+                network=network,
             )
             blocks.append(sp.csr_matrix(decode_tokens(tokens.cpu().numpy()).astype(np.int32)))
             bar.update(size)

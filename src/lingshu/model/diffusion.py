@@ -179,8 +179,12 @@ def sample_tokens(
     prefill: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     extra_tilt: torch.Tensor | None = None,
+    network: bool = True,
 ) -> torch.Tensor:
     """Generate (n_cells, G) expression tokens by iterative unmasking.
+
+    ``network=False`` samples from the priors alone (the network's contribution removed): the
+    "priors alone (network off)" row every report shows beside the model.
 
     Start fully masked (except ``prefill`` positions holding a token id >= 0, which are fixed and
     never re-masked); at each step reveal the scheduled number of random masked positions by
@@ -209,7 +213,10 @@ def sample_tokens(
         if not reveal.any():
             continue
         cells, genes = reveal.nonzero(as_tuple=True)
-        if use_guidance:
+        if not network:  # the priors do not read the cell: no forward pass
+            hidden = torch.zeros(n_cells, 1, 1, device=tokens.device)
+            logits = model.logits_at(hidden, cells, genes, context, tilt, depth, network=False).float()
+        elif use_guidance:
             hidden = model.encode(torch.cat([tokens, tokens]), run_under)
             # Guidance amplifies what the network adds for the condition; the fixed shift prior
             # enters once, after it, instead of (w + 1) times.
