@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lingshu.cli import app
@@ -128,3 +129,77 @@ def test_likelihood_command_writes_its_tables(split, checkpoint, tmp_path):
     table = pd.read_csv(tmp_path / "r" / "likelihood.csv")
     assert set(table.method) == {MODEL, NETWORK_OFF, GLOBAL, CELL_TYPE, TYPE_DEPTH}
     assert "network off" in (tmp_path / "r" / "likelihood.md").read_text()
+
+
+def test_the_network_off_shortcut_scores_what_the_model_with_its_network_off_scores(split, checkpoint):
+    from lingshu.data.loader import AlignedCounts
+    from lingshu.evaluation.likelihood import priors_nll, tokens_of
+    from lingshu.model.likelihood import mask_draws, model_nll
+
+    held = split[1]
+    alignment = checkpoint.vocabulary.align(held)
+    tokens = tokens_of(AlignedCounts(held, alignment))
+    observed = torch.from_numpy(alignment.observed)
+    draws = mask_draws(*tokens.shape, 5)
+    model = checkpoint.build_model()
+    shortcut = priors_nll(model, tokens, observed, 0.5, draws, None)
+    full = model_nll(model, tokens, observed, 0.5, draws, network=False)
+    np.testing.assert_allclose(shortcut.nll, full.nll, rtol=1e-4)
+
+
+def test_a_conditional_checkpoint_is_scored_under_each_cells_type_and_depth_bin(split, tmp_path):
+    train_cells, held = split
+    source = train(
+        train_cells,
+        tmp_path / "conditional",
+        preset="tiny",
+        train_overrides=TINY,
+        condition_keys={"source": "cell_type"},
+        depth_bins=2,
+        progress=False,
+    )
+    conditions = ConditionMap.from_dict(source.conditions)
+    summary, _ = evaluate_likelihood(
+        source.build_model(),
+        source.vocabulary,
+        conditions,
+        held,
+        train_cells,
+        depth_bins=2,
+        n_draws=1,
+        levels=(0.5,),
+        progress=False,
+    )
+    assert set(summary.method) == {MODEL, NETWORK_OFF, GLOBAL, CELL_TYPE, TYPE_DEPTH}
+    # Each cell is scored under its own type: the same cells under other cells' types score worse.
+    shuffled = held.copy()
+    shuffled.obs["cell_type"] = np.random.default_rng(0).permutation(held.obs["cell_type"].to_numpy())
+    wrong, _ = evaluate_likelihood(
+        source.build_model(),
+        source.vocabulary,
+        conditions,
+        shuffled,
+        n_draws=1,
+        levels=(0.5,),
+        progress=False,
+    )
+    right = summary.set_index("method").loc[NETWORK_OFF, "nll_per_gene"]
+    assert right < wrong.set_index("method").loc[NETWORK_OFF, "nll_per_gene"]
+    unlabelled = held.copy()
+    del unlabelled.obs["cell_type"]
+    with pytest.raises(ValueError, match="cell_type"):
+        evaluate_likelihood(source.build_model(), source.vocabulary, conditions, unlabelled, progress=False)
+
+
+def test_without_training_cells_gains_are_against_the_priors_alone(split, checkpoint):
+    summary, _ = evaluate_likelihood(
+        checkpoint.build_model(),
+        checkpoint.vocabulary,
+        ConditionMap.from_dict(checkpoint.conditions),
+        split[1],
+        levels=(0.5,),
+        n_draws=2,
+        progress=False,
+    )
+    assert list(summary.method) == [MODEL, NETWORK_OFF]
+    assert summary.set_index("method").loc[NETWORK_OFF, "gain_per_cell"] == 0

@@ -160,15 +160,31 @@ def checkpoint_conditions(
         )
     obs = cells.obs
     depth = conditions.slot(DEPTH_SLOT)
-    if depth is not None:
-        source = conditions.slot("source")
-        obs = with_depth_column(obs, data, len(depth.labels), source.key if source else None)
     for slot in conditions.slots:
-        if slot.key not in obs.columns:
+        if slot is not depth and slot.key not in obs.columns:
             raise ValueError(
                 f"the checkpoint is conditioned on obs column {slot.key!r}, which the cells lack"
             )
+    if depth is not None:
+        source = conditions.slot("source")
+        obs = with_depth_column(obs, data, len(depth.labels), source.key if source else None)
     return torch.from_numpy(conditions.encode_obs(obs)).long()
+
+
+def priors_nll(
+    model: MaskPredictor,
+    tokens: torch.Tensor,
+    observed: torch.Tensor,
+    t: float,
+    draws: torch.Tensor,
+    conditions: torch.Tensor | None,
+) -> CellNLL:
+    """The model's NLL with its network off. Without conditions its priors are its token table
+    alone, the same for every cell: scored as a table (the same numbers, no forward pass)."""
+    if conditions is None and model.token_prior is not None:
+        log_p = torch.log_softmax(model.token_prior.detach().float(), -1)[None]
+        return table_nll(log_p, np.zeros(len(tokens), int), tokens, observed, t, draws)
+    return model_nll(model, tokens, observed, t, draws, conditions, network=False)
 
 
 def score_rows(
@@ -190,7 +206,7 @@ def score_rows(
         draws = mask_draws(len(tokens), tokens.shape[1], seed * 1000 + draw)
         results: dict[str, CellNLL] = {
             MODEL: model_nll(model, tokens, observed, t, draws, conditions),
-            NETWORK_OFF: model_nll(model, tokens, observed, t, draws, conditions, network=False),
+            NETWORK_OFF: priors_nll(model, tokens, observed, t, draws, conditions),
         }
         for name, table in tables.items():
             results[name] = table_nll(table.log_probabilities, table.groups, tokens, observed, t, draws)
@@ -207,11 +223,11 @@ def score_rows(
     return pd.DataFrame.from_records(records)
 
 
-def summarise(raw: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd over draws per method and level, and each row's gain over the global table
-    in nats per cell (positive = better than the table)."""
-    glob = raw[raw.method == GLOBAL].set_index(["t", "draw"]).nll_per_cell
-    raw = raw.assign(gain_per_cell=[glob[(t, d)] - v for t, d, v in zip(raw.t, raw.draw, raw.nll_per_cell)])
+def summarise(raw: pd.DataFrame, reference: str = GLOBAL) -> pd.DataFrame:
+    """Mean and sd over draws per method and level, and each row's gain over the ``reference``
+    row (the global table) in nats per cell on the same draws (positive = better)."""
+    base = raw[raw.method == reference].set_index(["t", "draw"]).nll_per_cell
+    raw = raw.assign(gain_per_cell=[base[(t, d)] - v for t, d, v in zip(raw.t, raw.draw, raw.nll_per_cell)])
     order = {name: i for i, name in enumerate(raw.method.unique())}
     summary = (
         raw.groupby(["method", "t"], sort=False)
@@ -275,11 +291,5 @@ def evaluate_likelihood(
         labelled = label_key if label_key and label_key in train.obs and label_key in cells.obs else None
         tables = reference_tables(train, cells, vocabulary, labelled, depth_bins, seed)
     raw = score_rows(model, tokens, observed, encoded, tables, levels, n_draws, seed, progress)
-    return (summarise(raw) if GLOBAL in tables else summarise_without_tables(raw)), raw
-
-
-def summarise_without_tables(raw: pd.DataFrame) -> pd.DataFrame:
-    """:func:`summarise` when no table was fitted: gains are against the priors alone."""
-    renamed = raw.replace({"method": {NETWORK_OFF: GLOBAL}})
-    summary = summarise(renamed)
-    return summary.replace({"method": {GLOBAL: NETWORK_OFF}})
+    # Without the training cells there is no table: gains are against the priors alone.
+    return summarise(raw, GLOBAL if GLOBAL in tables else NETWORK_OFF), raw
