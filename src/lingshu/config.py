@@ -71,8 +71,7 @@ class ModelConfig:
     token table tilted by three context-dependent exponents read from its group's state and the
     cell's mean state, a slope and a curvature on log(1 + count) (capped at the gene's highest
     training count) and an offset on count 0: 3 numbers per gene instead of 281, so it learns
-    in CPU minutes; with the network off it is the per-gene table. ``readout_rank`` > 0 makes
-    each gene's read-out a mix of that many shared read-outs (0: a full read-out per gene).
+    in CPU minutes; with the network off it is the per-gene table.
     ``value_embedding`` adds to each group's input its genes' own read-in vectors weighted by
     log(1 + count) and by visibility: the token embedding is shared by all genes, so without it
     a group knows "slot 3 holds a 5" but not what a 5 of that gene says about the cell.
@@ -110,7 +109,6 @@ class ModelConfig:
     combine_folds: bool = False
     combine_log_means: bool = False
     head: str = "categorical"
-    readout_rank: int = 0
     value_embedding: bool = False
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6

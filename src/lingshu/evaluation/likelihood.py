@@ -28,11 +28,10 @@ from lingshu.data.tokenizer import encode_counts
 from lingshu.data.vocabulary import GeneVocabulary
 from lingshu.model.likelihood import (
     CellNLL,
-    choose_shrinkage,
+    fit_shrunk_table,
     mask_draws,
     model_nll,
     pooled_distribution,
-    shrunk_table,
     table_nll,
 )
 from lingshu.model.transformer import MaskPredictor
@@ -85,13 +84,11 @@ def group_rows(
 
 
 def fit_table(
-    counts: torch.Tensor, base: torch.Tensor, validation_counts: torch.Tensor, fitted_counts: torch.Tensor
+    fitted: torch.Tensor, validation: torch.Tensor, base: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
-    """Log probabilities (K, G, 281) of the ``counts`` table shrunk towards ``base``, with the
-    strength that scores the validation cells' token counts best when fitted on
-    ``fitted_counts`` (the training cells outside the validation slice)."""
-    strength = choose_shrinkage(fitted_counts, validation_counts, base)
-    return torch.log(shrunk_table(counts, base, strength)).float(), strength
+    """Log probabilities (K, G, 281) of a table shrunk towards ``base`` (:func:`fit_shrunk_table`)."""
+    probabilities, strength = fit_shrunk_table(fitted, validation, base)
+    return torch.log(probabilities).float(), strength
 
 
 def reference_tables(
@@ -110,15 +107,17 @@ def reference_tables(
         True
     )
 
-    def tallies(groups: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token counts of all cells, the fitting part and the validation part, per group."""
-        parts = [token_counts(data, np.where(keep, groups, -1), n) for keep in (~validation, validation)]
-        return parts[0] + parts[1], parts[0], parts[1]
+    def tallies(groups: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token counts of the fitting part and of the validation part, per group."""
+        fitted, held = (
+            token_counts(data, np.where(keep, groups, -1), n) for keep in (~validation, validation)
+        )
+        return fitted, held
 
     observed = torch.from_numpy(data.observed)
-    everyone, fitted, held = tallies(np.zeros(data.n_cells, int), 1)
-    pooled = pooled_distribution(everyone[0], observed)
-    global_log, strength = fit_table(everyone, pooled, held, fitted)
+    fitted, held = tallies(np.zeros(data.n_cells, int), 1)
+    pooled = pooled_distribution((fitted + held)[0], observed)
+    global_log, strength = fit_table(fitted, held, pooled)
     n_cells = cells.n_obs
     tables = {GLOBAL: TableFit(global_log, np.zeros(n_cells, int), strength)}
     if not label_key:
@@ -134,15 +133,14 @@ def reference_tables(
     if unknown:
         raise ValueError(f"held-out cell types not among the training cells: {unknown}")
     base = global_log.exp().double()
-    counts, fitted, held = tallies(train_types, len(types))
-    type_log, strength = fit_table(counts, base, held, fitted)
+    type_log, strength = fit_table(*tallies(train_types, len(types)), base)
     tables[CELL_TYPE] = TableFit(type_log, np.searchsorted(types, labels), strength)
     if depth_bins > 0:
         sizes = library_sizes(AlignedCounts(cells, vocabulary.align(cells)))
         train_groups, groups, names = group_rows(labels, sizes, train_labels, library_sizes(data), depth_bins)
         type_of_group = np.searchsorted(types, [name.rsplit(" depth ", 1)[0] for name in names])
-        counts, fitted, held = tallies(train_groups, len(names))
-        depth_log, strength = fit_table(counts, type_log.exp().double()[type_of_group], held, fitted)
+        depth_base = type_log.exp().double()[type_of_group]
+        depth_log, strength = fit_table(*tallies(train_groups, len(names)), depth_base)
         tables[TYPE_DEPTH] = TableFit(depth_log, groups, strength)
     return tables
 

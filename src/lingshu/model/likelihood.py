@@ -146,3 +146,15 @@ def choose_shrinkage(
         for k in grid
     ]
     return grid[int(np.argmin(scores))]
+
+
+def fit_shrunk_table(
+    fitted_counts: torch.Tensor, validation_counts: torch.Tensor, base: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Token distributions (..., G, 281) of all the cells' counts (fitted + validation) shrunk
+    towards ``base``, with the strength :func:`choose_shrinkage` picks on the validation cells
+    (1 pseudo-cell when they hold no counts), and that strength."""
+    strength = (
+        choose_shrinkage(fitted_counts, validation_counts, base) if validation_counts.sum() > 0 else 1.0
+    )
+    return shrunk_table(fitted_counts + validation_counts, base, strength), strength

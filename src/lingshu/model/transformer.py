@@ -131,13 +131,7 @@ class MaskPredictor(nn.Module):
             # reads what moves it. The curvature lets a tilt peak at a count, not only lean.
             if not config.token_prior:
                 raise ValueError("the tilted head tilts the token prior: token_prior must be on")
-            if config.readout_rank:
-                # Each gene's read-out is a mix of ``readout_rank`` shared ones: genes that move
-                # together share what they learn, and a gene has r numbers to fit, not 6D.
-                self.gene_readout = nn.Parameter(torch.zeros(g, config.readout_rank))
-                self.readout_basis = nn.Parameter(torch.zeros(config.readout_rank, N_EXPONENTS, 2 * d))
-            else:
-                self.gene_readout = nn.Parameter(torch.zeros(g, N_EXPONENTS, 2 * d))
+            self.gene_readout = nn.Parameter(torch.zeros(g, N_EXPONENTS, 2 * d))
             # What every gene reads alike (depth moves them all): learned from every gene at
             # once, so it is low-noise, where a gene's own read-out learns from that gene only.
             self.shared_readout = nn.Parameter(torch.zeros(N_EXPONENTS, 2 * d))
@@ -225,8 +219,6 @@ class MaskPredictor(nn.Module):
             nn.init.normal_(self.gene_embedding, std=0.02)
         if self.gene_read_in is not None:
             nn.init.normal_(self.gene_read_in, std=0.02)
-        if self.tilted and self.config.readout_rank:
-            nn.init.normal_(self.gene_readout, std=1.0)  # the basis starts at zero instead
         # GPT-2 style: shrink residual-branch outputs with depth.
         for block in self.blocks:
             for linear in (block.attn.out, block.mlp.down):
@@ -590,11 +582,7 @@ class MaskPredictor(nn.Module):
             local = hidden.reshape(-1, d).index_select(0, cells * n_groups + group)
             states = torch.cat([local, hidden.mean(1).index_select(0, cells)], -1)
             readout = self.gene_readout.index_select(0, genes)
-            if self.config.readout_rank:
-                basis = torch.einsum("md,rkd->mrk", states, self.readout_basis)
-                exponents = states @ self.shared_readout.T + torch.einsum("mrk,mr->mk", basis, readout)
-            else:
-                exponents = torch.einsum("md,mkd->mk", states, readout + self.shared_readout)
+            exponents = torch.einsum("md,mkd->mk", states, readout + self.shared_readout)
             constants = self.gene_exponents.index_select(0, genes)
             return self.add_exponents(offsets, exponents + constants, genes)
         states = hidden[cells, group]

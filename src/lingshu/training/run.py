@@ -21,7 +21,7 @@ from lingshu.data.prior import find_prior
 from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
-from lingshu.model.likelihood import choose_shrinkage, pooled_distribution, shrunk_table
+from lingshu.model.likelihood import fit_shrunk_table, pooled_distribution
 from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts, log_expression, tilted_expectations
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
@@ -178,12 +178,11 @@ def init_shrunk_token_prior(model: MaskPredictor, data: AlignedCounts, seed: int
     observed = torch.from_numpy(data.observed)
     rng = np.random.default_rng([seed, 0x5A1])
     part = (rng.random(data.n_cells) < 0.1).astype(np.int64)
-    split = token_counts(data, part, 2).double()
-    counts = split.sum(0)
-    pooled = pooled_distribution(counts, observed)
-    strength = choose_shrinkage(split[0], split[1], pooled) if split[1].sum() > 0 else 1.0
+    fitted, held = token_counts(data, part, 2).double()
+    counts = fitted + held
+    table, _ = fit_shrunk_table(fitted, held, pooled_distribution(counts, observed))
     highest = N_EXPRESSION_TOKENS - 1 - (counts > 0).flip(-1).double().argmax(-1)
-    model.init_token_prior(shrunk_table(counts, pooled, strength).float(), floor=1e-30, highest=highest)
+    model.init_token_prior(table.float(), floor=1e-30, highest=highest)
 
 
 def implied_log_shifts(
