@@ -91,8 +91,9 @@ def test_every_free_position_is_revealed_exactly_once():
         assert per_step == cosine_reveal_counts(int(free[cell].sum()), 6)
 
 
-def test_sampler_fills_every_position_and_keeps_prefilled_tokens():
-    model = _model()
+@pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
+def test_sampler_fills_every_position_and_keeps_prefilled_tokens(encoder):
+    model = _model(head="tilted", encoder=encoder) if encoder == "cell_mlp" else _model()
     prefill = torch.full((2, 30), -1)
     prefill[:, [0, 5]] = 1
     tokens = sample_tokens(model, 2, 4, torch.Generator().manual_seed(0), prefill=prefill)

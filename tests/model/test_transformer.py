@@ -280,3 +280,35 @@ def test_a_combination_moves_each_gene_by_its_parts_summed_folds_as_they_were_me
     folds[2, 0] = 0.0
     model = _combining_model(folds)
     assert _prior_means(model, [1, 2])[0, 0] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_the_cell_mlp_encoder_needs_the_tilted_head():
+    with pytest.raises(ValueError, match="tilted"):
+        ModelConfig(n_genes=10, d_model=16, n_heads=2, encoder="cell_mlp")
+    with pytest.raises(ValueError, match="encoder must be"):
+        ModelConfig(n_genes=10, d_model=16, n_heads=2, head="tilted", encoder="mlp")
+
+
+def test_the_cell_mlp_encoder_reads_a_cell_at_one_scale_whatever_fraction_is_visible():
+    """Counts are scaled by the inverse visible fraction: with equal read-in weights on the
+    counts and none on visibility, a half-shown cell reads as the whole cell, and a cell shown
+    below MIN_VISIBLE_FRACTION is scaled by 1 / MIN_VISIBLE_FRACTION only."""
+    from lingshu.model.transformer import MIN_VISIBLE_FRACTION
+
+    g = 40
+    config = ModelConfig(n_genes=g, d_model=16, n_heads=2, head="tilted", encoder="cell_mlp", encoder_width=8)
+    model = MaskPredictor(config)
+    with torch.no_grad():
+        model.gene_read_in[:, 0] = 0.01
+        model.gene_read_in[:, 1] = 0.0
+    full = torch.full((1, g), 3)
+    half = full.clone()
+    half[0, ::2] = MASK_TOKEN
+    few = torch.full((1, g), MASK_TOKEN)
+    few[0, :2] = 3  # 5% visible
+    torch.testing.assert_close(model.encode(half), model.encode(full))
+    value = float(np.log1p(token_values()[3]))
+    pre_activation = lambda visible: model.read_in_bias + 0.01 * value * visible  # noqa: E731
+    expected_few = model.cell_encoder(pre_activation(2 / MIN_VISIBLE_FRACTION))
+    torch.testing.assert_close(model.encode(few)[0, 0], expected_few)
+    assert not torch.allclose(model.encode(few), model.encode(full))

@@ -29,6 +29,9 @@ from lingshu.model.tilt import (
 
 # The tilted head's exponents per gene: slope and curvature on log(1 + count), offset on count 0.
 N_EXPONENTS = 3
+# The cell_mlp encoder scales visible counts by 1 / (visible fraction) up to this fraction only:
+# scaled by 1,000 when a sampler has revealed 10 genes, one count would read as a deep cell.
+MIN_VISIBLE_FRACTION = 0.1
 
 
 class RMSNorm(nn.Module):
@@ -116,12 +119,22 @@ class MaskPredictor(nn.Module):
         permutation = torch.randperm(g, generator=generator)
         self.register_buffer("permutation", permutation, persistent=True)
         self.register_buffer("inverse_permutation", torch.argsort(permutation), persistent=True)
-        self.compress = nn.Linear(s * d, d, bias=False) if s > 1 else nn.Identity()
+        self.cell_mlp = config.encoder == "cell_mlp"
+        self.compress = nn.Linear(s * d, d, bias=False) if s > 1 and not self.cell_mlp else nn.Identity()
         # Per gene, read-in vectors of its log(1 + count) and of its being visible: a count means
         # something different for every gene, which a token embedding shared by all genes and
-        # summed over a group cannot say (the first layer of an MLP on counts, per group).
-        self.gene_read_in = nn.Parameter(torch.zeros(g, 2, d)) if config.value_embedding else None
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        # summed over a group cannot say (the first layer of an MLP on counts, per group, or
+        # over the whole cell for the cell_mlp encoder).
+        read_in_width = config.encoder_width if self.cell_mlp else d
+        reads_in = config.value_embedding or self.cell_mlp
+        self.gene_read_in = nn.Parameter(torch.zeros(g, 2, read_in_width)) if reads_in else None
+        if self.cell_mlp:
+            self.read_in_bias = nn.Parameter(torch.zeros(read_in_width))
+            self.cell_encoder = nn.Sequential(nn.GELU(), nn.Linear(read_in_width, d), nn.GELU())
+            self.condition_read_in = (
+                nn.Embedding(config.n_condition_tokens, read_in_width) if config.n_condition_tokens else None
+            )
+        self.blocks = nn.ModuleList(Block(config) for _ in range(0 if self.cell_mlp else config.n_layers))
         self.final_norm = RMSNorm(d, config.norm_eps)
         self.tilted = config.head == "tilted"
         if self.tilted:
@@ -131,10 +144,11 @@ class MaskPredictor(nn.Module):
             # reads what moves it. The curvature lets a tilt peak at a count, not only lean.
             if not config.token_prior:
                 raise ValueError("the tilted head tilts the token prior: token_prior must be on")
-            self.gene_readout = nn.Parameter(torch.zeros(g, N_EXPONENTS, 2 * d))
+            state_width = d if self.cell_mlp else 2 * d
+            self.gene_readout = nn.Parameter(torch.zeros(g, N_EXPONENTS, state_width))
             # What every gene reads alike (depth moves them all): learned from every gene at
             # once, so it is low-noise, where a gene's own read-out learns from that gene only.
-            self.shared_readout = nn.Parameter(torch.zeros(N_EXPONENTS, 2 * d))
+            self.shared_readout = nn.Parameter(torch.zeros(N_EXPONENTS, state_width))
             self.gene_exponents = nn.Parameter(torch.zeros(g, N_EXPONENTS))
         else:
             self.decompress = nn.Linear(d, s * d, bias=False) if s > 1 else nn.Identity()
@@ -217,7 +231,14 @@ class MaskPredictor(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         if self.gene_embedding is not None:
             nn.init.normal_(self.gene_embedding, std=0.02)
-        if self.gene_read_in is not None:
+        if self.cell_mlp:
+            # PyTorch's default for a Linear over all 2G read-in features: the sum over ~10k
+            # genes stays O(1) at initialisation.
+            bound = 1.0 / math.sqrt(2 * self.config.n_genes)
+            nn.init.uniform_(self.gene_read_in, -bound, bound)
+            nn.init.uniform_(self.read_in_bias, -bound, bound)
+            self.cell_encoder[1].reset_parameters()
+        elif self.gene_read_in is not None:
             nn.init.normal_(self.gene_read_in, std=0.02)
         # GPT-2 style: shrink residual-branch outputs with depth.
         for block in self.blocks:
@@ -494,6 +515,8 @@ class MaskPredictor(nn.Module):
         ``tokens``: (B, G) ids in 0..281 (expression tokens or [MASK]).
         ``conditions``: (B, C) condition indices 0..n_condition_tokens-1 (-1 = padding), or None.
         """
+        if self.cell_mlp:
+            return self.encode_cell(tokens, conditions)
         b, g = tokens.shape
         d, s = self.config.d_model, self.config.patch_size
         table, constant = self._slot_tables()
@@ -515,6 +538,24 @@ class MaskPredictor(nn.Module):
             else:
                 x = block(x, cos, sin)
         return self.final_norm(x[:, n_cond:])
+
+    def encode_cell(self, tokens: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """The cell_mlp encoder's cell state, (B, 1, D), from every visible gene at once.
+
+        Each gene's log(1 + count) is divided by the cell's visible fraction (at least
+        ``MIN_VISIBLE_FRACTION``), so the read-in sum estimates the whole cell's: the network
+        sees inputs of one scale whether 10% or 99% of the genes are shown.
+        """
+        b, g = tokens.shape
+        visible = tokens != MASK_TOKEN
+        values = torch.log1p(self.token_values[tokens.clamp(max=N_EXPRESSION_TOKENS - 1)]) * visible
+        fraction = visible.float().mean(1, keepdim=True).clamp_min(MIN_VISIBLE_FRACTION)
+        features = torch.stack([values / fraction, visible.to(values.dtype)], -1).view(b, 2 * g)
+        x = torch.addmm(self.read_in_bias, features, self.gene_read_in.view(2 * g, -1))
+        if conditions is not None and conditions.shape[1] > 0:
+            valid = conditions >= 0
+            x = x + (self.condition_read_in(conditions.clamp_min(0)) * valid[..., None]).sum(1)
+        return self.cell_encoder(x)[:, None, :]
 
     def read_in(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, n_groups, D): each group's sum of its genes' read-in vectors weighted by their
@@ -578,9 +619,12 @@ class MaskPredictor(nn.Module):
             # Read-outs start at zero: training begins exactly at the table (the network-off model).
             # index_select, not advanced indexing: its backward (index_add) sums in a fixed
             # order on CPU, so training is bit-for-bit reproducible.
-            n_groups = hidden.shape[1]
-            local = hidden.reshape(-1, d).index_select(0, cells * n_groups + group)
-            states = torch.cat([local, hidden.mean(1).index_select(0, cells)], -1)
+            if self.cell_mlp:
+                states = hidden[:, 0].index_select(0, cells)
+            else:
+                n_groups = hidden.shape[1]
+                local = hidden.reshape(-1, d).index_select(0, cells * n_groups + group)
+                states = torch.cat([local, hidden.mean(1).index_select(0, cells)], -1)
             readout = self.gene_readout.index_select(0, genes)
             exponents = torch.einsum("md,mkd->mk", states, readout + self.shared_readout)
             constants = self.gene_exponents.index_select(0, genes)
@@ -680,6 +724,10 @@ class MaskPredictor(nn.Module):
         gene, at the step that reveals it.
         """
         c = self.config
+        if self.cell_mlp:
+            encoder = 2 * (2 * c.n_genes * c.encoder_width + c.encoder_width * c.d_model)
+            head = 2 * c.n_genes * N_EXPONENTS * c.d_model
+            return float(3 * (encoder + head)) if training else float(sampling_steps * encoder + head)
         t = self.n_groups + c.n_condition_slots
         per_block = 2 * t * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff) + 4 * t * t * c.d_model
         blocks = c.n_layers * per_block
