@@ -547,8 +547,7 @@ class MaskPredictor(nn.Module):
         sees inputs of one scale whether 10% or 99% of the genes are shown.
         """
         b, g = tokens.shape
-        visible = tokens != MASK_TOKEN
-        values = torch.log1p(self.token_values[tokens.clamp(max=N_EXPRESSION_TOKENS - 1)]) * visible
+        values, visible = self.visible_log_counts(tokens)
         fraction = visible.float().mean(1, keepdim=True).clamp_min(MIN_VISIBLE_FRACTION)
         features = torch.stack([values / fraction, visible.to(values.dtype)], -1).view(b, 2 * g)
         x = torch.addmm(self.read_in_bias, features, self.gene_read_in.view(2 * g, -1))
@@ -557,13 +556,20 @@ class MaskPredictor(nn.Module):
             x = x + (self.condition_read_in(conditions.clamp_min(0)) * valid[..., None]).sum(1)
         return self.cell_encoder(x)[:, None, :]
 
+    def visible_log_counts(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each gene's log(1 + count) where it is visible, else 0, and the visibility (B, G):
+        what both encoders read in ([MASK] and unobserved genes are not visible)."""
+        visible = tokens != MASK_TOKEN
+        # log1p on the 281 token values, then one gather: not a log per (cell, gene).
+        log_values = torch.log1p(self.token_values)
+        return log_values[tokens.clamp(max=N_EXPRESSION_TOKENS - 1)] * visible, visible
+
     def read_in(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, n_groups, D): each group's sum of its genes' read-in vectors weighted by their
         log(1 + count) and visibility ([MASK] and unobserved genes: 0, 0)."""
         b, g = tokens.shape
         s, pad = self.config.patch_size, self.n_groups * self.config.patch_size - g
-        visible = tokens != MASK_TOKEN
-        values = torch.log1p(self.token_values[tokens.clamp(max=N_EXPRESSION_TOKENS - 1)]) * visible
+        values, visible = self.visible_log_counts(tokens)
         features = torch.stack([values, visible.to(values.dtype)], -1)[:, self.permutation]
         features = F.pad(features, (0, 0, 0, pad)).view(b, self.n_groups, s, 2)
         weights = F.pad(self.gene_read_in.index_select(0, self.permutation), (0, 0, 0, 0, 0, pad))
