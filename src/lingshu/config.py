@@ -245,6 +245,11 @@ class TrainConfig:
     # network's: each gene's gradient comes from that gene alone and is far noisier, and Adam
     # moves every parameter by about the learning rate whatever its gradient's signal.
     gene_lr_scale: float = 1.0
+    # The same for the tilted head's per-gene read-outs and constants (None: gene_lr_scale). A
+    # read-out sees one gene's target, not a sum over ~10,000 inputs as the read-in does, and
+    # at the read-in's small rate it under-fits each gene's conditional (generation misses cell
+    # types even from a real cell's own state).
+    readout_lr_scale: float | None = None
     # How a cell's masked cross-entropy is normalised: "inverse_t" divides its sum by t x (observed
     # genes), the paper's 1/t-weighted bound on the NLL; "masked_mean" takes the mean over its
     # masked genes, the same in expectation up to the ratio's bias, without the 1/t weight's variance
@@ -262,6 +267,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.readout_lr_scale is not None and self.readout_lr_scale <= 0:
+            raise ValueError(f"readout_lr_scale must be > 0, got {self.readout_lr_scale}")
         if self.scored_genes < 0:
             raise ValueError(f"scored_genes must be >= 0, got {self.scored_genes}")
         if self.precision not in PRECISIONS:
@@ -302,8 +309,8 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     # The label-free CPU model: one cell state from an MLP over every visible gene (cell_mlp
-    # encoder) tilting each gene's training table by 3 exponents, 512 scored genes per cell,
-    # the per-gene read-in and read-outs at a twentieth of the network's learning rate.
+    # encoder) tilting each gene's training table by 3 exponents, every masked gene scored,
+    # the per-gene read-in at a twentieth of the network's learning rate, the read-outs at it.
     "cpu": Preset(
         ModelConfig(
             d_model=64,
@@ -322,9 +329,9 @@ PRESETS: dict[str, Preset] = {
             min_lr=2e-4,
             warmup_steps=20,
             checkpoint_every=250,
-            scored_genes=512,
             loss_weighting="masked_mean",
             gene_lr_scale=0.05,
+            readout_lr_scale=1.0,
             weight_decay=0.01,
         ),
     ),

@@ -312,3 +312,34 @@ def test_the_cell_mlp_encoder_reads_a_cell_at_one_scale_whatever_fraction_is_vis
     expected_few = model.cell_encoder(pre_activation(2 / MIN_VISIBLE_FRACTION))
     torch.testing.assert_close(model.encode(few)[0, 0], expected_few)
     assert not torch.allclose(model.encode(few), model.encode(full))
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
+@pytest.mark.parametrize("pairs_per_cell", [5, 30])
+def test_the_tilted_heads_fast_nll_equals_the_cross_entropy_of_its_logits(encoder, pairs_per_cell):
+    """tilted_nll sums the tokens above each gene's highest count in closed form and scores the
+    rest in buckets; it must equal the cross-entropy of the full 281-way logits, for targets
+    inside and above a gene's training range, with few pairs per cell (one read-out per pair)
+    and many (every gene's exponents at once)."""
+    g, b = 40, 3
+    torch.manual_seed(0)
+    config = ModelConfig(
+        n_genes=g, d_model=16, n_layers=1, n_heads=2, d_ff=32, patch_size=4, head="tilted", encoder=encoder
+    )
+    model = MaskPredictor(config)
+    frequencies = torch.rand(g, N_EXPRESSION_TOKENS)
+    highest = torch.randint(0, N_EXPRESSION_TOKENS, (g,))
+    highest[:10] = torch.tensor([0, 1, 2, 3, 4, 15, 16, 63, 64, 280])  # every bucket edge
+    frequencies[torch.arange(N_EXPRESSION_TOKENS)[None] > highest[:, None]] = 1e-6
+    model.init_token_prior(frequencies, floor=1e-30, highest=highest)
+    with torch.no_grad():
+        for parameter in (model.gene_readout, model.shared_readout, model.gene_exponents):
+            parameter.normal_(0, 0.3)
+    tokens = torch.randint(0, MASK_TOKEN + 1, (b, g))
+    hidden = model.encode(tokens)
+    cells = torch.arange(b).repeat_interleave(pairs_per_cell)
+    genes = torch.randint(0, g, (len(cells),))
+    targets = torch.randint(0, N_EXPRESSION_TOKENS, (len(cells),))
+    expected = F.cross_entropy(model.logits_at(hidden, cells, genes), targets, reduction="none")
+    fast = model.tilted_nll(hidden, cells, genes, targets)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-4)

@@ -66,3 +66,24 @@ def test_tiny_model_beats_the_marginal_token_frequencies(pbmc3k_path, tmp_path):
     )
     assert model_nll < marginal - 0.015
     assert half_visible < nothing_visible - 0.015
+
+
+def test_the_tilted_heads_read_outs_get_their_own_learning_rate():
+    from lingshu.config import ModelConfig, TrainConfig
+    from lingshu.model.transformer import MaskPredictor
+    from lingshu.training.trainer import make_optimizer
+
+    config = ModelConfig(n_genes=12, d_model=8, n_heads=2, head="tilted", encoder="cell_mlp", encoder_width=8)
+    model = MaskPredictor(config)
+    train = TrainConfig(gene_lr_scale=0.05, readout_lr_scale=1.0)
+    scales = {
+        id(p): group["lr_scale"]
+        for group in make_optimizer(model, train, torch.device("cpu")).param_groups
+        for p in group["params"]
+    }
+    assert scales[id(model.gene_read_in)] == 0.05
+    assert scales[id(model.gene_readout)] == scales[id(model.gene_exponents)] == 1.0
+    unset = make_optimizer(model, TrainConfig(gene_lr_scale=0.05), torch.device("cpu")).param_groups
+    assert {g["lr_scale"] for g in unset if any(p is model.gene_readout for p in g["params"])} == {0.05}
+    with pytest.raises(ValueError, match="readout_lr_scale"):
+        TrainConfig(readout_lr_scale=0.0)

@@ -85,26 +85,24 @@ def masked_loss_and_mask(
     inputs = torch.where(masked | ~observed, torch.full_like(tokens, MASK_TOKEN), tokens)
     hidden = model.encode(inputs, conditions)
     n_observed = observed.sum(1).clamp_min(1)
-    if scored_genes > 0:
-        rate = (scored_genes / (t * n_observed)).clamp(max=1.0)
+    context, tilt = model.context_index(conditions), model.tilt(conditions)
+    depth = model.depth_index(conditions)
+    # The tilted head without other priors has a cheap exact NLL: score pairs, not (B, G, 281).
+    pairwise = model.tilted and context is None and tilt is None and depth is None
+    if scored_genes > 0 or pairwise:
+        rate = (scored_genes / (t * n_observed)).clamp(max=1.0) if scored_genes > 0 else torch.ones_like(t)
         cells, genes = ((draws < (t * rate)[:, None]) & observed).nonzero(as_tuple=True)
-        logits = model.logits_at(
-            hidden,
-            cells,
-            genes,
-            model.context_index(conditions),
-            model.tilt(conditions),
-            model.depth_index(conditions),
-        ).float()
-        nll = F.cross_entropy(logits, tokens[cells, genes], reduction="none")
+        if pairwise:
+            nll = model.tilted_nll(hidden, cells, genes, tokens[cells, genes]).float()
+        else:
+            logits = model.logits_at(hidden, cells, genes, context, tilt, depth).float()
+            nll = F.cross_entropy(logits, tokens[cells, genes], reduction="none")
         scored = torch.bincount(cells, minlength=b).clamp_min(1)
         weights = 1.0 / (scored if masked_mean else rate * t * n_observed)
         return (nll * weights[cells]).sum() / b, masked
     # Score in the model's permuted gene order: no un-permutation of the (B, G, 281) logits.
     permutation = model.permutation
-    logits = model.permuted_logits(
-        hidden, model.context_index(conditions), model.tilt(conditions), model.depth_index(conditions)
-    ).float()
+    logits = model.permuted_logits(hidden, context, tilt, depth).float()
     nll = F.cross_entropy(logits.reshape(b * g, -1), tokens[:, permutation].reshape(-1), reduction="none")
     scale = masked.sum(1).clamp_min(1) if masked_mean else t * n_observed
     weights = masked[:, permutation] / scale[:, None]

@@ -38,14 +38,20 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
+# The tilted head's per-gene parameters (its own learning-rate scale, TrainConfig.readout_lr_scale).
+READOUT_PARAMETERS = ("gene_readout", "gene_exponents")
+
+
 def make_optimizer(model: MaskPredictor, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on norm gains or the token prior,
     which would be pulled back towards uniform); fused on CUDA."""
-    decay, no_decay, per_gene = [], [], []
+    decay, no_decay, per_gene, readouts = [], [], [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if name.startswith("gene_"):
+        if name in READOUT_PARAMETERS:
+            readouts.append(parameter)
+        elif name.startswith("gene_"):
             per_gene.append(parameter)
         else:
             (decay if parameter.dim() >= 2 and name != "token_prior" else no_decay).append(parameter)
@@ -53,10 +59,10 @@ def make_optimizer(model: MaskPredictor, config: TrainConfig, device: torch.devi
         {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
         {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
-    if per_gene:
-        groups.append(
-            {"params": per_gene, "weight_decay": config.weight_decay, "lr_scale": config.gene_lr_scale}
-        )
+    readout_scale = config.gene_lr_scale if config.readout_lr_scale is None else config.readout_lr_scale
+    for params, scale in ((per_gene, config.gene_lr_scale), (readouts, readout_scale)):
+        if params:
+            groups.append({"params": params, "weight_decay": config.weight_decay, "lr_scale": scale})
     return torch.optim.AdamW(
         groups,
         lr=config.peak_lr,
