@@ -316,15 +316,29 @@ def test_the_cell_mlp_encoder_reads_a_cell_at_one_scale_whatever_fraction_is_vis
 
 @pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
 @pytest.mark.parametrize("pairs_per_cell", [5, 30])
-def test_the_tilted_heads_fast_nll_equals_the_cross_entropy_of_its_logits(encoder, pairs_per_cell):
+@pytest.mark.parametrize("with_context", [False, True])
+def test_the_tilted_heads_fast_nll_equals_the_cross_entropy_of_its_logits(
+    encoder, pairs_per_cell, with_context
+):
     """tilted_nll sums the tokens above each gene's highest count in closed form and scores the
     rest in buckets; it must equal the cross-entropy of the full 281-way logits, for targets
     inside and above a gene's training range, with few pairs per cell (one read-out per pair)
-    and many (every gene's exponents at once)."""
+    and many (every gene's exponents at once), with and without a context (cell type) prior."""
     g, b = 40, 3
     torch.manual_seed(0)
+    context_slot = dict(
+        n_condition_tokens=3, n_condition_slots=1, context_column=0, context_offset=0, n_contexts=3
+    )
     config = ModelConfig(
-        n_genes=g, d_model=16, n_layers=1, n_heads=2, d_ff=32, patch_size=4, head="tilted", encoder=encoder
+        n_genes=g,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_ff=32,
+        patch_size=4,
+        head="tilted",
+        encoder=encoder,
+        **(context_slot if with_context else {}),
     )
     model = MaskPredictor(config)
     frequencies = torch.rand(g, N_EXPRESSION_TOKENS)
@@ -332,14 +346,22 @@ def test_the_tilted_heads_fast_nll_equals_the_cross_entropy_of_its_logits(encode
     highest[:10] = torch.tensor([0, 1, 2, 3, 4, 15, 16, 63, 64, 280])  # every bucket edge
     frequencies[torch.arange(N_EXPRESSION_TOKENS)[None] > highest[:, None]] = 1e-6
     model.init_token_prior(frequencies, floor=1e-30, highest=highest)
+    conditions, context = None, None
+    if with_context:
+        # Each context its own frequencies, above the genes' highest counts too.
+        model.init_context_prior(torch.rand(3, g, N_EXPRESSION_TOKENS) * 50, frequencies, shrinkage=1.0)
+        conditions = torch.tensor([[0], [2], [1]])
+        context = model.context_index(conditions)
+        assert context is not None and model.context_prior.abs().max() > 1
     with torch.no_grad():
         for parameter in (model.gene_readout, model.shared_readout, model.gene_exponents):
             parameter.normal_(0, 0.3)
     tokens = torch.randint(0, MASK_TOKEN + 1, (b, g))
-    hidden = model.encode(tokens)
+    hidden = model.encode(tokens, conditions)
     cells = torch.arange(b).repeat_interleave(pairs_per_cell)
     genes = torch.randint(0, g, (len(cells),))
     targets = torch.randint(0, N_EXPRESSION_TOKENS, (len(cells),))
-    expected = F.cross_entropy(model.logits_at(hidden, cells, genes), targets, reduction="none")
-    fast = model.tilted_nll(hidden, cells, genes, targets)
+    logits = model.logits_at(hidden, cells, genes, context)
+    expected = F.cross_entropy(logits, targets, reduction="none")
+    fast = model.tilted_nll(hidden, cells, genes, targets, context)
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-4)

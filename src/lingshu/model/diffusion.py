@@ -87,13 +87,14 @@ def masked_loss_and_mask(
     n_observed = observed.sum(1).clamp_min(1)
     context, tilt = model.context_index(conditions), model.tilt(conditions)
     depth = model.depth_index(conditions)
-    # The tilted head without other priors has a cheap exact NLL: score pairs, not (B, G, 281).
-    pairwise = model.tilted and context is None and tilt is None and depth is None
+    # The tilted head over the token (and context) tables has a cheap exact NLL: score pairs,
+    # not (B, G, 281).
+    pairwise = model.tilted and tilt is None and depth is None
     if scored_genes > 0 or pairwise:
         rate = (scored_genes / (t * n_observed)).clamp(max=1.0) if scored_genes > 0 else torch.ones_like(t)
         cells, genes = ((draws < (t * rate)[:, None]) & observed).nonzero(as_tuple=True)
         if pairwise:
-            nll = model.tilted_nll(hidden, cells, genes, tokens[cells, genes]).float()
+            nll = model.tilted_nll(hidden, cells, genes, tokens[cells, genes], context).float()
         else:
             logits = model.logits_at(hidden, cells, genes, context, tilt, depth).float()
             nll = F.cross_entropy(logits, tokens[cells, genes], reduction="none")

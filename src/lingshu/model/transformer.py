@@ -667,10 +667,16 @@ class MaskPredictor(nn.Module):
         return exponents + self.gene_exponents.index_select(0, genes)
 
     def tilted_nll(
-        self, hidden: torch.Tensor, cells: torch.Tensor, genes: torch.Tensor, targets: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        cells: torch.Tensor,
+        genes: torch.Tensor,
+        targets: torch.Tensor,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """-log p(target) (M,) under the tilted head with no other prior: the same numbers as
-        the cross-entropy of :meth:`logits_at`, at a fraction of its cost.
+        """-log p(target) (M,) under the tilted head, with the context prior's rows ``context``
+        (B,) (:meth:`context_index`) or no prior: the same numbers as the cross-entropy of
+        :meth:`logits_at`, at a fraction of its cost.
 
         Above a gene's highest training count the capped statistic is constant, so every tilt
         moves those tokens' table mass alike: their log-sum is a per-gene constant plus one
@@ -685,13 +691,31 @@ class MaskPredictor(nn.Module):
         # The statistic rises to its cap at the highest count and stays there.
         highest = (statistic >= statistic[:, -1:]).to(torch.uint8).argmax(-1)
         tokens = torch.arange(N_EXPRESSION_TOKENS, device=table.device)
+        # The fixed tables' rows per pair: the token prior, plus the pair's context offsets.
+        rows = None if context is None else context[cells]
         with torch.no_grad():
-            tail = table.masked_fill(tokens[None] <= highest[:, None], -math.inf).logsumexp(-1)
+            above = tokens[None] <= highest[:, None]
+            if rows is None:
+                tail = table.masked_fill(above, -math.inf).logsumexp(-1)[genes]
+            else:
+                full = table + self.context_prior.to(table.dtype)  # (C, G, 281)
+                tail = full.masked_fill(above, -math.inf).logsumexp(-1)[rows, genes]
+
+        def fixed(g: torch.Tensor, width: int, pairs: torch.Tensor) -> torch.Tensor:
+            """The fixed tables' first ``width`` logits of the chosen ``pairs`` (genes ``g``)."""
+            base = table[g, :width]
+            if rows is None:
+                return base
+            return base + self.context_prior[rows.index_select(0, pairs), g, :width].to(base.dtype)
+
         cap = statistic[genes, -1]
-        tail_logit = tail[genes] + slope * cap + curvature * cap.square()
+        tail_logit = tail + slope * cap + curvature * cap.square()
         target_statistic = statistic[genes, targets]
+        target_table = table[genes, targets]
+        if rows is not None:
+            target_table = target_table + self.context_prior[rows, genes, targets].to(target_table.dtype)
         target_logit = (
-            table[genes, targets]
+            target_table
             + slope * target_statistic
             + curvature * target_statistic.square()
             + zero * (targets == 0)
@@ -707,7 +731,7 @@ class MaskPredictor(nn.Module):
             g = genes[chosen]
             s = statistic[g, :width]
             logits = (
-                table[g, :width]
+                fixed(g, width, chosen)
                 + slope.index_select(0, chosen)[:, None] * s
                 + curvature.index_select(0, chosen)[:, None] * s.square()
             )
