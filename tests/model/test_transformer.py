@@ -128,16 +128,15 @@ def test_a_combination_slot_sums_its_genes_in_any_order_and_padding_adds_nothing
     )
 
 
+# One source (cell type) condition slot of 3 contexts, in the first column of the layout.
+CONTEXT_SLOT = dict(
+    n_condition_tokens=3, n_condition_slots=1, context_column=0, context_offset=0, n_contexts=3
+)
+
+
 def _context_model(shrinkage_counts):
     """A 2-context model whose network output is zeroed, so its logits are the two priors."""
-    model = _tiny(
-        n_genes=37,
-        n_condition_tokens=3,
-        n_condition_slots=1,
-        context_column=0,
-        context_offset=0,
-        n_contexts=3,
-    )
+    model = _tiny(n_genes=37, **CONTEXT_SLOT)
     with torch.no_grad():
         model.head.weight.zero_()
     counts = torch.zeros(3, 37, 281)
@@ -314,6 +313,62 @@ def test_the_cell_mlp_encoder_reads_a_cell_at_one_scale_whatever_fraction_is_vis
     assert not torch.allclose(model.encode(few), model.encode(full))
 
 
+def _tilted_model(encoder: str, with_context: bool, seed: int = 0) -> MaskPredictor:
+    """A 40-gene tilted model whose genes' highest training tokens cover every bucket edge,
+    with random read-outs (and, ``with_context``, 3 contexts of their own frequencies)."""
+    g = 40
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        n_genes=g,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_ff=32,
+        patch_size=4,
+        head="tilted",
+        encoder=encoder,
+        **(CONTEXT_SLOT if with_context else {}),
+    )
+    model = MaskPredictor(config)
+    _set_tilted_tables(model, with_context)
+    with torch.no_grad():
+        for parameter in (model.gene_readout, model.shared_readout, model.gene_exponents):
+            parameter.normal_(0, 0.3)
+    return model
+
+
+def _set_tilted_tables(model: MaskPredictor, with_context: bool) -> None:
+    """Random token (and context) tables; the highest tokens include every bucket edge."""
+    g = model.config.n_genes
+    frequencies = torch.rand(g, N_EXPRESSION_TOKENS)
+    highest = torch.randint(0, N_EXPRESSION_TOKENS, (g,))
+    highest[:10] = torch.tensor([0, 1, 2, 3, 4, 15, 16, 63, 64, 280])  # every bucket edge
+    frequencies[torch.arange(N_EXPRESSION_TOKENS)[None] > highest[:, None]] = 1e-6
+    model.init_token_prior(frequencies, floor=1e-30, highest=highest)
+    if with_context:
+        # Each context its own frequencies, above the genes' highest counts too.
+        model.init_context_prior(torch.rand(3, g, N_EXPRESSION_TOKENS) * 50, frequencies, shrinkage=1.0)
+        assert model.context_prior.abs().max() > 1
+
+
+def _assert_fast_nll_matches_cross_entropy(
+    model: MaskPredictor, with_context: bool, pairs_per_cell: int
+) -> None:
+    b, g = 3, model.config.n_genes
+    conditions = torch.tensor([[0], [2], [1]]) if with_context else None
+    context = model.context_index(conditions)
+    assert (context is not None) == with_context
+    tokens = torch.randint(0, MASK_TOKEN + 1, (b, g))
+    hidden = model.encode(tokens, conditions)
+    cells = torch.arange(b).repeat_interleave(pairs_per_cell)
+    genes = torch.randint(0, g, (len(cells),))
+    targets = torch.randint(0, N_EXPRESSION_TOKENS, (len(cells),))
+    logits = model.logits_at(hidden, cells, genes, context)
+    expected = F.cross_entropy(logits, targets, reduction="none")
+    fast = model.tilted_nll(hidden, cells, genes, targets, context)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
 @pytest.mark.parametrize("pairs_per_cell", [5, 30])
 @pytest.mark.parametrize("with_context", [False, True])
@@ -324,44 +379,17 @@ def test_the_tilted_heads_fast_nll_equals_the_cross_entropy_of_its_logits(
     rest in buckets; it must equal the cross-entropy of the full 281-way logits, for targets
     inside and above a gene's training range, with few pairs per cell (one read-out per pair)
     and many (every gene's exponents at once), with and without a context (cell type) prior."""
-    g, b = 40, 3
-    torch.manual_seed(0)
-    context_slot = dict(
-        n_condition_tokens=3, n_condition_slots=1, context_column=0, context_offset=0, n_contexts=3
-    )
-    config = ModelConfig(
-        n_genes=g,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_ff=32,
-        patch_size=4,
-        head="tilted",
-        encoder=encoder,
-        **(context_slot if with_context else {}),
-    )
-    model = MaskPredictor(config)
-    frequencies = torch.rand(g, N_EXPRESSION_TOKENS)
-    highest = torch.randint(0, N_EXPRESSION_TOKENS, (g,))
-    highest[:10] = torch.tensor([0, 1, 2, 3, 4, 15, 16, 63, 64, 280])  # every bucket edge
-    frequencies[torch.arange(N_EXPRESSION_TOKENS)[None] > highest[:, None]] = 1e-6
-    model.init_token_prior(frequencies, floor=1e-30, highest=highest)
-    conditions, context = None, None
-    if with_context:
-        # Each context its own frequencies, above the genes' highest counts too.
-        model.init_context_prior(torch.rand(3, g, N_EXPRESSION_TOKENS) * 50, frequencies, shrinkage=1.0)
-        conditions = torch.tensor([[0], [2], [1]])
-        context = model.context_index(conditions)
-        assert context is not None and model.context_prior.abs().max() > 1
-    with torch.no_grad():
-        for parameter in (model.gene_readout, model.shared_readout, model.gene_exponents):
-            parameter.normal_(0, 0.3)
-    tokens = torch.randint(0, MASK_TOKEN + 1, (b, g))
-    hidden = model.encode(tokens, conditions)
-    cells = torch.arange(b).repeat_interleave(pairs_per_cell)
-    genes = torch.randint(0, g, (len(cells),))
-    targets = torch.randint(0, N_EXPRESSION_TOKENS, (len(cells),))
-    logits = model.logits_at(hidden, cells, genes, context)
-    expected = F.cross_entropy(logits, targets, reduction="none")
-    fast = model.tilted_nll(hidden, cells, genes, targets, context)
-    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-4)
+    model = _tilted_model(encoder, with_context)
+    _assert_fast_nll_matches_cross_entropy(model, with_context, pairs_per_cell)
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_the_tilted_heads_kept_support_follows_its_tables_when_they_are_set_or_loaded(with_context):
+    """tilted_nll keeps each gene's highest token and tail mass between calls: after the tables
+    are set again, or another model's are loaded, it must score with the new tables."""
+    model = _tilted_model("cell_mlp", with_context)
+    _assert_fast_nll_matches_cross_entropy(model, with_context, 30)
+    _set_tilted_tables(model, with_context)
+    _assert_fast_nll_matches_cross_entropy(model, with_context, 30)
+    model.load_state_dict(_tilted_model("cell_mlp", with_context, seed=1).state_dict())
+    _assert_fast_nll_matches_cross_entropy(model, with_context, 30)

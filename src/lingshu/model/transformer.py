@@ -197,10 +197,13 @@ class MaskPredictor(nn.Module):
             if config.has_log_mean_combination
             else None,
         )
-        # Calibrated combination tilts, (tilt context, label rows, averaged?) -> (G,) on the CPU; emptied
-        # whenever a table they derive from is set or loaded.
+        # What is derived from the fixed tables, computed on first use and forgotten whenever a
+        # table is set or loaded (:meth:`_forget_derived`): calibrated combination tilts,
+        # (tilt context, label rows, averaged?) -> (G,) on the CPU, and the tilted head's support
+        # (:meth:`_tilted_support`), (with context?, device, dtype) -> (highest token, tail log-mass).
         self._combination_tilts: dict[tuple[int, tuple[int, ...], bool], torch.Tensor] = {}
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._combination_tilts.clear())
+        self._tilted_supports: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._forget_derived())
         # Per context, depth bin and gene, the depth prior's tilt theta (see ModelConfig).
         self.register_buffer(
             "depth_tilt",
@@ -247,6 +250,11 @@ class MaskPredictor(nn.Module):
             for linear in (block.attn.out, block.mlp.down):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
 
+    def _forget_derived(self) -> None:
+        """Drop what was computed from the fixed tables: one of them was just set or loaded."""
+        self._combination_tilts.clear()
+        self._tilted_supports.clear()
+
     @torch.no_grad()
     def init_token_prior(
         self, frequencies: torch.Tensor, floor: float = TOKEN_FLOOR, highest: torch.Tensor | None = None
@@ -268,7 +276,7 @@ class MaskPredictor(nn.Module):
                 highest = N_EXPRESSION_TOKENS - 1 - seen.flip(-1).float().argmax(-1)
             cap = torch.log1p(self.token_values[highest])[:, None]
             self.log_count_capped.copy_(torch.minimum(torch.log1p(self.token_values)[None], cap))
-        self._combination_tilts.clear()
+        self._forget_derived()
 
     @property
     def uses_context_prior(self) -> bool:
@@ -292,7 +300,7 @@ class MaskPredictor(nn.Module):
         local = (context_counts + shrinkage * overall) / (cells + shrinkage)
         offsets = torch.log(local.clamp_min(floor)) - torch.log(overall.clamp_min(floor))
         self.context_prior.copy_(offsets.to(self.context_prior.dtype))
-        self._combination_tilts.clear()
+        self._forget_derived()
 
     @property
     def uses_perturbation_prior(self) -> bool:
@@ -424,7 +432,7 @@ class MaskPredictor(nn.Module):
             self.perturbation_fold.copy_(folds.to(self.perturbation_fold))
         if self.perturbation_log_shift is not None:
             self.perturbation_log_shift.copy_(log_shifts.to(self.perturbation_log_shift))
-        self._combination_tilts.clear()
+        self._forget_derived()
 
     def depth_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's (context, depth bin) row of the depth residual table, or None without one."""
@@ -472,7 +480,7 @@ class MaskPredictor(nn.Module):
         if not self.config.has_poisson_tail:
             raise ValueError("this model has no Poisson tail (poisson_tail=False or no tilts)")
         self.tilt_tail.copy_(tail.to(self.tilt_tail.dtype))
-        self._combination_tilts.clear()
+        self._forget_derived()
 
     def context_index(self, conditions: torch.Tensor | None) -> torch.Tensor | None:
         """Each cell's context (source label) row of the context prior, or None without one."""
@@ -688,26 +696,11 @@ class MaskPredictor(nn.Module):
         exponents = self.tilt_exponents(hidden, cells, genes)
         slope, curvature, zero = exponents.unbind(-1)
         statistic, table = self.log_count_capped, self.token_prior
-        # The statistic rises to its cap at the highest count and stays there.
-        highest = (statistic >= statistic[:, -1:]).to(torch.uint8).argmax(-1)
         tokens = torch.arange(N_EXPRESSION_TOKENS, device=table.device)
         # The fixed tables' rows per pair: the token prior, plus the pair's context offsets.
         rows = None if context is None else context[cells]
-        with torch.no_grad():
-            above = tokens[None] <= highest[:, None]
-            if rows is None:
-                tail = table.masked_fill(above, -math.inf).logsumexp(-1)[genes]
-            else:
-                full = table + self.context_prior.to(table.dtype)  # (C, G, 281)
-                tail = full.masked_fill(above, -math.inf).logsumexp(-1)[rows, genes]
-
-        def fixed(g: torch.Tensor, width: int, pairs: torch.Tensor) -> torch.Tensor:
-            """The fixed tables' first ``width`` logits of the chosen ``pairs`` (genes ``g``)."""
-            base = table[g, :width]
-            if rows is None:
-                return base
-            return base + self.context_prior[rows.index_select(0, pairs), g, :width].to(base.dtype)
-
+        highest, tails = self._tilted_support(rows is not None)
+        tail = tails[genes] if rows is None else tails[rows, genes]
         cap = statistic[genes, -1]
         tail_logit = tail + slope * cap + curvature * cap.square()
         target_statistic = statistic[genes, targets]
@@ -730,8 +723,11 @@ class MaskPredictor(nn.Module):
                 continue
             g = genes[chosen]
             s = statistic[g, :width]
+            fixed = table[g, :width]
+            if rows is not None:
+                fixed = fixed + self.context_prior[rows.index_select(0, chosen), g, :width].to(fixed.dtype)
             logits = (
-                fixed(g, width, chosen)
+                fixed
                 + slope.index_select(0, chosen)[:, None] * s
                 + curvature.index_select(0, chosen)[:, None] * s.square()
             )
@@ -740,6 +736,27 @@ class MaskPredictor(nn.Module):
             both = torch.cat([logits, tail_logit.index_select(0, chosen)[:, None]], 1)
             normaliser = normaliser.index_copy(0, chosen, both.logsumexp(-1))
         return normaliser - target_logit
+
+    def _tilted_support(self, with_context: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each gene's highest training token (G,) and the log-mass of its fixed table above it:
+        (G,) for the token prior, (C, G) with each context's offsets added.
+
+        The tilted head's tables are frozen, so this is computed once per device (not on every
+        training step: with 10 contexts it took three quarters of a step) and forgotten when a
+        table is set or loaded.
+        """
+        table = self.token_prior
+        key = (with_context, table.device, table.dtype)
+        if key not in self._tilted_supports:
+            with torch.no_grad():
+                statistic = self.log_count_capped
+                # The statistic rises to its cap at the highest count and stays there.
+                highest = (statistic >= statistic[:, -1:]).to(torch.uint8).argmax(-1)
+                tokens = torch.arange(N_EXPRESSION_TOKENS, device=table.device)
+                full = table + self.context_prior.to(table.dtype) if with_context else table
+                tails = full.masked_fill(tokens <= highest[:, None], -math.inf).logsumexp(-1)
+            self._tilted_supports[key] = highest, tails
+        return self._tilted_supports[key]
 
     def add_exponents(
         self, offsets: torch.Tensor, exponents: torch.Tensor, genes: torch.Tensor
