@@ -26,18 +26,22 @@ rm -rf "$OUT/model"
   --val-fraction 0.1 ${STEPS:+--max-steps "$STEPS"} --out "$OUT/model"
 trained=$(date +%s)
 
-echo "== 3/5 generate as many cells as are held out ($SAMPLING_STEPS steps), and as many from the priors alone"
+echo "== 3/5 generate as many cells as are held out ($SAMPLING_STEPS steps; a cell state drawn first), as many without"\
+     "the state draw (plain unmasking) and as many from the priors alone"
 n_held=$("$LINGSHU" data count "$OUT/data/held_out.h5ad")
 "$LINGSHU" generate --checkpoint "$OUT/model" --n-cells "$n_held" --steps "$SAMPLING_STEPS" \
   --seed "$SEED" --out "$OUT/generated.h5ad"
 "$LINGSHU" generate --checkpoint "$OUT/model" --n-cells "$n_held" --steps "$SAMPLING_STEPS" \
   --seed "$SEED" --network-off --out "$OUT/generated_network_off.h5ad"
+"$LINGSHU" generate --checkpoint "$OUT/model" --n-cells "$n_held" --steps "$SAMPLING_STEPS" \
+  --seed "$SEED" --plain-unmasking --out "$OUT/generated_plain_unmasking.h5ad"
 generated=$(date +%s)
 
 echo "== 4/5 evaluate against the held-out cells, beside the real ceiling, the priors alone and baselines"
 "$LINGSHU" evaluate --real "$OUT/data/held_out.h5ad" \
   --generated "lingshu (${SAMPLING_STEPS} steps)=$OUT/generated.h5ad" \
   --generated "priors alone (network off)=$OUT/generated_network_off.h5ad" \
+  --generated "lingshu, plain unmasking (no state prior)=$OUT/generated_plain_unmasking.h5ad" \
   --train "$OUT/data/train.h5ad" --checkpoint "$OUT/model" \
   --baselines independent_genes,independent_genes_by_group,celltype_poisson,celltype_negative_binomial,copy_training \
   --out "$OUT/report" --seed "$SEED"

@@ -263,8 +263,20 @@ class TrainConfig:
     # Matmul precision of the forward/backward pass: "auto" = bf16 autocast on CUDA, fp32 on
     # CPU; "bf16" or "fp32" force one (the weights and optimizer state stay fp32 either way).
     precision: str = "auto"
+    # After training, fit a Gaussian mixture of this many components to the cell states the kept
+    # weights infer from the training cells; generation draws each new cell's state from it
+    # first and reveals state_prior_first_fraction of the genes from that state's read-out
+    # (lingshu.model.state_prior). 0: none. Only for cell_mlp models without conditions.
+    state_prior_components: int = 0
+    state_prior_first_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.state_prior_components < 0:
+            raise ValueError(f"state_prior_components must be >= 0, got {self.state_prior_components}")
+        if not 0 < self.state_prior_first_fraction <= 1:
+            raise ValueError(
+                f"state_prior_first_fraction must be in (0, 1], got {self.state_prior_first_fraction}"
+            )
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if self.readout_lr_scale is not None and self.readout_lr_scale <= 0:
@@ -310,7 +322,8 @@ PRESETS: dict[str, Preset] = {
     ),
     # The label-free CPU model: one cell state from an MLP over every visible gene (cell_mlp
     # encoder) tilting each gene's training table by 3 exponents, every masked gene scored,
-    # the per-gene read-in at a twentieth of the network's learning rate, the read-outs at it.
+    # the per-gene read-in at a twentieth of the network's learning rate, the read-outs at it;
+    # generation draws each cell's state first from a mixture fitted to the training cells' states.
     "cpu": Preset(
         ModelConfig(
             d_model=64,
@@ -333,6 +346,12 @@ PRESETS: dict[str, Preset] = {
             gene_lr_scale=0.05,
             readout_lr_scale=1.0,
             weight_decay=0.01,
+            # Chosen on the demo split's validation slice (unbiased MMD^2 of 540 generated cells
+            # against its 216 cells; plain unmasking 0.020): 8 / 12 / 16 / 24 / 32 components
+            # 0.0085 / 0.0078 / 0.0073 / 0.011 / 0.012; 16 with 3% / 10% / 30% / all of the
+            # genes drawn from the state 0.013 / 0.0073 / 0.0073 / 0.0087.
+            state_prior_components=16,
+            state_prior_first_fraction=0.1,
         ),
     ),
     "paper": Preset(

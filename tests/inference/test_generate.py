@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from lingshu.inference.generate import generate
 from lingshu.training.checkpoint import load_checkpoint
@@ -144,3 +145,35 @@ def test_network_off_samples_the_priors_alone_whatever_the_networks_weights(tmp_
     assert (off_a.X != off_b.X).nnz == 0  # the network's weights do not enter
     assert (on_a.X != on_b.X).nnz > 0
     assert off_a.uns["lingshu"]["network"] == "off (priors alone)"
+
+
+def test_a_cell_mlp_model_keeps_a_state_prior_that_generation_draws_from_first(tmp_path, counts_adata):
+    source = train(
+        counts_adata,
+        tmp_path / "mlp",
+        preset="tiny",
+        train_overrides={"max_steps": 4, "batch_size": 8, "state_prior_components": 2},
+        model_overrides={"head": "tilted", "encoder": "cell_mlp", "encoder_width": 16},
+        progress=False,
+    )
+    loaded = load_checkpoint(tmp_path / "mlp")
+    assert source.state_prior is not None and loaded.state_prior is not None
+    torch.testing.assert_close(loaded.state_prior.means, source.state_prior.means)
+    assert loaded.state_prior.n_components == 2
+    drawn = generate(loaded, n_cells=6, n_steps=3, seed=2, progress=False)
+    again = generate(tmp_path / "mlp", n_cells=6, n_steps=3, seed=2, progress=False)
+    plain = generate(loaded, n_cells=6, n_steps=3, seed=2, progress=False, state_prior=False)
+    assert (drawn.X != again.X).nnz == 0
+    assert (drawn.X != plain.X).nnz > 0
+    assert drawn.uns["lingshu"]["state_prior"].startswith("drawn first (2 components")
+    assert plain.uns["lingshu"]["state_prior"] == "none (plain unmasking)"
+    # Without the setting (or with conditions), no state prior is fitted.
+    train(
+        counts_adata,
+        tmp_path / "none",
+        preset="tiny",
+        train_overrides={"max_steps": 2, "batch_size": 8},
+        model_overrides={"head": "tilted", "encoder": "cell_mlp", "encoder_width": 16},
+        progress=False,
+    )
+    assert load_checkpoint(tmp_path / "none").state_prior is None

@@ -180,3 +180,59 @@ def test_guidance_amplifies_the_network_but_adds_the_shift_prior_once():
     assert not torch.equal(
         draw(0.0), sample_tokens(model, 2, 3, torch.Generator().manual_seed(0), conditions=ctrl)
     )
+
+
+def _cell_mlp_reading_its_state(n_genes=30) -> MaskPredictor:
+    model = _model(n_genes=n_genes, head="tilted", encoder="cell_mlp")
+    with torch.no_grad():  # read-outs start at zero; give the state a say
+        model.gene_readout.normal_(0, 0.5)
+    return model
+
+
+def test_first_states_draw_genes_from_the_given_states_read_out():
+    model = _cell_mlp_reading_its_state()
+    states = torch.randn(3, model.config.d_model, generator=torch.Generator().manual_seed(1)) * 3
+    tokens = sample_tokens(
+        model, 3, 4, torch.Generator().manual_seed(0), first_states=states, first_fraction=1.0
+    )
+    # With every gene drawn from the given states, the network never reads the cell: the
+    # result is one draw per gene from those states' read-out, in the sampler's random order.
+    generator = torch.Generator().manual_seed(0)
+    torch.rand(3, 30, generator=generator)  # the choice of genes (all of them)
+    cells, genes = torch.ones(3, 30, dtype=torch.bool).nonzero(as_tuple=True)
+    with torch.no_grad():
+        expected = sample_categorical(model.logits_at(states[:, None, :], cells, genes), generator)
+    assert torch.equal(tokens[cells, genes], expected)
+    other = sample_tokens(
+        model, 3, 4, torch.Generator().manual_seed(0), first_states=-states, first_fraction=1.0
+    )
+    assert not torch.equal(tokens, other)
+
+
+def test_first_states_then_unmasking_fills_every_position_and_keeps_prefilled_tokens():
+    model = _cell_mlp_reading_its_state()
+    prefill = torch.full((2, 30), -1)
+    prefill[:, [0, 5]] = 1
+    states = torch.randn(2, model.config.d_model)
+    tokens = sample_tokens(
+        model,
+        2,
+        4,
+        torch.Generator().manual_seed(0),
+        prefill=prefill,
+        first_states=states,
+        first_fraction=0.3,
+    )
+    assert ((tokens >= 0) & (tokens < MASK_TOKEN)).all()
+    assert (tokens[:, [0, 5]] == 1).all()
+    with pytest.raises(ValueError, match="first_states must be"):
+        sample_tokens(
+            model,
+            2,
+            4,
+            torch.Generator(),
+            first_states=torch.zeros(3, model.config.d_model),
+            first_fraction=0.3,
+        )
+    with pytest.raises(ValueError, match="cell_mlp"):
+        sample_tokens(_model(), 2, 4, torch.Generator(), first_states=states, first_fraction=0.3)

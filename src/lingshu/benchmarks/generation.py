@@ -30,6 +30,7 @@ DEFAULT_BASELINES = (
     "copy_training",
 )
 NETWORK_OFF = "priors alone (network off)"
+PLAIN_UNMASKING = "plain unmasking (no state prior)"
 
 
 def run_generation_benchmark(
@@ -103,6 +104,15 @@ def run_generation_benchmark(
         generated[prefix + NETWORK_OFF] = generate(
             model, held_out.n_obs, n_steps=max(sampling_steps), seed=seed, progress=progress, network=False
         )
+        if model.state_prior is not None:  # the ablation: the same network, no state drawn first
+            generated[f"{prefix}{PLAIN_UNMASKING} ({max(sampling_steps)} steps)"] = generate(
+                model,
+                held_out.n_obs,
+                n_steps=max(sampling_steps),
+                seed=seed,
+                progress=progress,
+                state_prior=False,
+            )
     started = time.perf_counter()
     table = evaluate_generation(
         held_out,

@@ -41,6 +41,13 @@ def generate(
         help="Sample from the checkpoint's priors alone (its token tables; the network switched "
         "off): the 'priors alone' row to score beside the model.",
     ),
+    state_prior: bool = typer.Option(
+        True,
+        "--state-prior/--plain-unmasking",
+        help="Draw each cell's state first from the checkpoint's state prior, when it has one "
+        "(cell_mlp models; fitted to the sampling weights' states of the training cells), or "
+        "unmask from nothing (the ablation).",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Global seed: same seed and checkpoint give the same cells."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -59,6 +66,7 @@ def generate(
         conditions=requested or None,
         guidance=guidance,
         network=not network_off,
+        state_prior=state_prior,
     )
     write_h5ad_atomic(adata, out)
     typer.echo(f"wrote {adata.n_obs:,} cells x {adata.n_vars:,} genes to {out} ({steps} steps)")

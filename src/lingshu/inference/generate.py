@@ -16,6 +16,7 @@ from lingshu.data.conditions import ConditionMap
 from lingshu.data.depth import DEPTH_SLOT
 from lingshu.data.tokenizer import decode_tokens
 from lingshu.model.diffusion import sample_tokens
+from lingshu.model.state_prior import StatePrior
 from lingshu.model.transformer import MaskPredictor
 from lingshu.runtime import keep_freed_memory
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
@@ -37,6 +38,7 @@ def generate(
     conditions: dict[str, str] | None = None,
     guidance: float = 0.0,
     network: bool = True,
+    state_prior: bool = True,
 ) -> ad.AnnData:
     """Generate ``n_cells`` new cells by iterative unmasking (``n_steps`` forward passes per batch).
 
@@ -47,6 +49,8 @@ def generate(
     ``guidance`` w > 0 applies classifier-free guidance against the control label of a
     perturbation model (``l(ctrl) + (w+1)(l(c) - l(ctrl))``); unconditional generation uses none.
     ``network=False`` samples the checkpoint's priors alone (its network switched off).
+    ``state_prior=False`` skips the checkpoint's cell-state draw (plain unmasking from nothing);
+    a checkpoint without one, the raw weights and the priors alone always unmask plainly.
     """
     if n_cells < 1:
         raise ValueError(f"n_cells must be >= 1, got {n_cells}")
@@ -62,6 +66,8 @@ def generate(
         if condition_map.slot("perturbation") is None:
             raise ValueError("guidance needs a model trained with a perturbation condition (and its control)")
         control_ids = encode_rows(condition_map, labels, as_control=True)
+    # The state prior was fitted to the sampling (EMA) weights' states, not the raw weights'.
+    states = source.state_prior if state_prior and network and use_ema else None
     counts = sample_counts(
         model,
         n_cells,
@@ -74,6 +80,7 @@ def generate(
         control_ids,
         guidance,
         network=network,
+        state_prior=states,
     )
     adata = ad.AnnData(
         X=counts,
@@ -90,6 +97,11 @@ def generate(
         guidance=guidance,
         conditions=dict(conditions or {}) or ("training proportions" if condition_map.n_slots else "none"),
         network="on" if network else "off (priors alone)",
+        state_prior=(
+            f"drawn first ({states.n_components} components, {states.first_fraction:g} of genes)"
+            if states is not None
+            else "none (plain unmasking)"
+        ),
     )
     return adata
 
@@ -134,12 +146,15 @@ def sample_counts(
     desc: str = "generating",
     extra_tilt: torch.Tensor | None = None,
     network: bool = True,
+    state_prior: StatePrior | None = None,
 ) -> sp.csr_matrix:
     """Sample ``n_cells`` in batches and decode them to a CSR int32 count matrix.
 
     ``condition_ids`` / ``control_ids`` are (n_cells, n_positions) condition tokens (the latter
     the CFG reference), ``prefill`` (n_cells, G) holds fixed token ids (>= 0) or -1,
     ``extra_tilt`` (n_cells, G) adds to the shift prior's tilt (:func:`sample_tokens`).
+    With a ``state_prior``, each cell's state is drawn from it first (:func:`sample_tokens`'s
+    ``first_states``).
     """
     generator = torch.Generator().manual_seed(seed)
     keep_freed_memory()  # every sampling step allocates the same big tensors: reuse their pages
@@ -152,6 +167,7 @@ def sample_counts(
             def rows(values: torch.Tensor | None, part: slice = part) -> torch.Tensor | None:
                 return None if values is None else values[part].to(device)
 
+            states = state_prior.sample(size, generator) if state_prior is not None and network else None
             tokens = sample_tokens(
                 model,
                 size,
@@ -164,6 +180,8 @@ def sample_counts(
                 device=device,
                 extra_tilt=rows(extra_tilt),
                 network=network,
+                first_states=states,
+                first_fraction=state_prior.first_fraction if state_prior is not None else 0.0,
             )
             blocks.append(sp.csr_matrix(decode_tokens(tokens.cpu().numpy()).astype(np.int32)))
             bar.update(size)

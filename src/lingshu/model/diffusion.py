@@ -166,6 +166,35 @@ def sample_categorical(logits: torch.Tensor, generator: torch.Generator) -> torc
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
+def _draw_from_states(
+    model: MaskPredictor,
+    tokens: torch.Tensor,
+    states: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator,
+    context: torch.Tensor | None,
+    tilt: torch.Tensor | None,
+    depth: torch.Tensor | None,
+) -> None:
+    """Fill a random ``fraction`` of each cell's masked positions in place, drawn from the
+    read-out of the given cell states (n_cells, D) instead of a state inferred from the cell."""
+    if not model.cell_mlp:
+        raise ValueError("first_states needs the cell_mlp encoder (one state per cell)")
+    if states.shape != (tokens.shape[0], model.config.d_model):
+        raise ValueError(
+            f"first_states must be ({tokens.shape[0]}, {model.config.d_model}), got {tuple(states.shape)}"
+        )
+    if not 0 < fraction <= 1:
+        raise ValueError(f"first_fraction must be in (0, 1], got {fraction}")
+    chosen = (torch.rand(tokens.shape, generator=generator).to(tokens.device) < fraction) & (
+        tokens == MASK_TOKEN
+    )
+    cells, genes = chosen.nonzero(as_tuple=True)
+    hidden = states.to(tokens.device, torch.float32)[:, None, :]
+    logits = model.logits_at(hidden, cells, genes, context, tilt, depth).float()
+    tokens[cells, genes] = sample_categorical(logits, generator)
+
+
 @torch.no_grad()
 def sample_tokens(
     model: MaskPredictor,
@@ -179,6 +208,8 @@ def sample_tokens(
     device: torch.device | str = "cpu",
     extra_tilt: torch.Tensor | None = None,
     network: bool = True,
+    first_states: torch.Tensor | None = None,
+    first_fraction: float = 0.0,
 ) -> torch.Tensor:
     """Generate (n_cells, G) expression tokens by iterative unmasking.
 
@@ -191,12 +222,15 @@ def sample_tokens(
     model is run under ``conditions`` and ``control_conditions`` in one doubled batch.
     ``extra_tilt`` (n_cells, G) is added to the shift prior's tilt of ``conditions`` (a model
     with tilts only): what a perturbation the condition tokens cannot name contributes.
+    ``first_states`` (n_cells, D), cell states of a ``cell_mlp`` model (e.g. drawn from its
+    :class:`~lingshu.model.state_prior.StatePrior`), commit each cell's state before unmasking:
+    a random ``first_fraction`` of its masked genes is drawn from that state's read-out, then
+    the network unmasks the rest in ``n_steps`` steps.
     """
     g = model.config.n_genes
     tokens = torch.full((n_cells, g), MASK_TOKEN, dtype=torch.long, device=device)
     if prefill is not None:
         tokens = torch.where(prefill >= 0, prefill.to(device), tokens)
-    step_of = _reveal_step_of_each_position(tokens == MASK_TOKEN, n_steps, generator)
     use_guidance = guidance != 0 and control_conditions is not None
     # Conditions, context rows and tilts are the same at every step: computed once.
     tilt, depth = model.tilt(conditions), model.depth_index(conditions)
@@ -207,6 +241,18 @@ def sample_tokens(
         tilt = extra_tilt if tilt is None else tilt + extra_tilt
     run_under = torch.cat([conditions, control_conditions]) if use_guidance else conditions
     context = model.context_index(run_under)
+    if first_states is not None and network:
+        _draw_from_states(
+            model,
+            tokens,
+            first_states,
+            first_fraction,
+            generator,
+            model.context_index(conditions),
+            tilt,
+            depth,
+        )
+    step_of = _reveal_step_of_each_position(tokens == MASK_TOKEN, n_steps, generator)
     for step in range(n_steps):
         reveal = step_of == step
         if not reveal.any():

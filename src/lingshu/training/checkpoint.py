@@ -13,6 +13,8 @@ Layout of a checkpoint directory::
     train_log.jsonl      loss / learning rate / throughput per logged step
     validation.csv       validation-slice NLL per gene against step and training seconds
     best.pt              the EMA weights with the best validation NLL (used for sampling)
+    state_prior.pt       a density over the kept weights' cell states, drawn from first when
+                         generating (cell_mlp models without conditions)
 
 Everything is written into a sibling temporary directory which then replaces the old checkpoint
 with renames, so a crash never leaves a half-written checkpoint behind.
@@ -34,6 +36,7 @@ import torch
 import lingshu
 from lingshu.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from lingshu.data.vocabulary import GeneVocabulary
+from lingshu.model.state_prior import StatePrior
 from lingshu.model.transformer import MaskPredictor
 
 REQUIRED_FILES = ("manifest.json", "config.json", "vocabulary.json", "model.pt", "ema.pt")
@@ -56,6 +59,7 @@ class Checkpoint:
     log: list[dict] = field(default_factory=list)
     validation_log: list[dict] = field(default_factory=list)
     best_state: dict | None = None
+    state_prior: StatePrior | None = None
 
     def build_model(self, use_ema: bool = True) -> MaskPredictor:
         """A MaskPredictor with the weights used for sampling (the EMA weights that scored best
@@ -99,6 +103,8 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path) -> None:
             pd.DataFrame(checkpoint.validation_log).to_csv(tmp / "validation.csv", index=False)
         if checkpoint.best_state is not None:
             torch.save(checkpoint.best_state, tmp / "best.pt")
+        if checkpoint.state_prior is not None:
+            torch.save(checkpoint.state_prior.to_dict(), tmp / "state_prior.pt")
         _write_json(
             tmp / "manifest.json",
             {
@@ -135,6 +141,7 @@ def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint
     prior_path = directory / "prior.json"
     optimizer_path = directory / "optimizer.pt"
     validation_path, best_path = directory / "validation.csv", directory / "best.pt"
+    state_prior_path = directory / "state_prior.pt"
     return Checkpoint(
         model_config=config_from_dict(ModelConfig, config["model"]),
         train_config=config_from_dict(TrainConfig, config["train"]),
@@ -154,6 +161,9 @@ def load_checkpoint(directory: Path, with_optimizer: bool = False) -> Checkpoint
         validation_log=(pd.read_csv(validation_path).to_dict("records") if validation_path.is_file() else []),
         best_state=torch.load(best_path, map_location="cpu", weights_only=True)
         if best_path.is_file()
+        else None,
+        state_prior=StatePrior.from_dict(torch.load(state_prior_path, map_location="cpu", weights_only=True))
+        if state_prior_path.is_file()
         else None,
     )
 

@@ -22,6 +22,7 @@ from lingshu.data.tokenizer import N_EXPRESSION_TOKENS
 from lingshu.data.validation import iter_row_chunks
 from lingshu.data.vocabulary import GeneAlignment, GeneVocabulary
 from lingshu.model.likelihood import fit_shrunk_table, pooled_distribution
+from lingshu.model.state_prior import MAX_FIT_CELLS, fit_state_prior
 from lingshu.model.tilt import PSEUDO_COUNT, TOKEN_FLOOR, calibrate_tilts, log_expression, tilted_expectations
 from lingshu.model.transformer import MaskPredictor
 from lingshu.training import distributed
@@ -521,8 +522,29 @@ def _train(
         validation=validation,
     )
     final = snapshot(trainer)
+    fits_state_prior = (
+        train_config.state_prior_components > 0
+        and model_config.encoder == "cell_mlp"
+        and not conditions.n_slots
+    )
+    if fits_state_prior and distributed.is_main():
+        final.state_prior = fit_state_prior(
+            final.build_model(),
+            data.rows,
+            data.n_cells,
+            data.observed,
+            train_config.state_prior_components,
+            train_config.state_prior_first_fraction,
+            train_config.seed,
+        )
+        print(
+            f"state prior: {train_config.state_prior_components} Gaussians fitted to the cell states of "
+            f"{min(data.n_cells, MAX_FIT_CELLS):,} training cells (generation draws a state from it first)"
+        )
     if distributed.is_main() and (
-        not (out_dir / "manifest.json").exists() or load_checkpoint(out_dir).step != trainer.step
+        fits_state_prior
+        or not (out_dir / "manifest.json").exists()
+        or load_checkpoint(out_dir).step != trainer.step
     ):
         save_checkpoint(final, out_dir)
     distributed.barrier()  # no rank leaves before rank 0 has written the checkpoint
