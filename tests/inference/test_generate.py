@@ -148,8 +148,11 @@ def test_network_off_samples_the_priors_alone_whatever_the_networks_weights(tmp_
 
 
 def test_a_cell_mlp_model_keeps_a_state_prior_that_generation_draws_from_first(tmp_path, counts_adata):
+    from tests.conftest import make_counts_adata
+
+    cells = make_counts_adata(n_cells=240, seed=2)  # 2 components need 200 cells
     source = train(
-        counts_adata,
+        cells,
         tmp_path / "mlp",
         preset="tiny",
         train_overrides={"max_steps": 4, "batch_size": 8, "state_prior_components": 2},

@@ -4,7 +4,7 @@ import torch
 
 from lingshu.config import ModelConfig
 from lingshu.data.tokenizer import MASK_TOKEN
-from lingshu.model.state_prior import StatePrior, cell_states, fit_state_prior
+from lingshu.model.state_prior import StatePrior, cell_states, components_for, fit_state_prior
 from lingshu.model.transformer import MaskPredictor
 
 
@@ -71,15 +71,25 @@ def test_cell_states_are_the_encoders_states_of_whole_cells_and_need_the_cell_ml
 
 def test_fitting_shows_unobserved_genes_as_masked():
     model = _cell_mlp()
-    counts = np.random.default_rng(0).poisson(2.0, (100, 20))
+    counts = np.random.default_rng(0).poisson(2.0, (200, 20))
     observed = np.ones(20, dtype=bool)
     observed[:5] = False
-    prior = fit_state_prior(model, lambda rows: counts[rows], 100, observed, 2, 0.1, seed=0)
+    prior = fit_state_prior(model, lambda rows: counts[rows], 200, observed, 2, 0.1, seed=0)
     shifted = counts.copy()
     shifted[:, :5] += 50  # unobserved genes' values must not reach the states
-    same = fit_state_prior(model, lambda rows: shifted[rows], 100, observed, 2, 0.1, seed=0)
+    same = fit_state_prior(model, lambda rows: shifted[rows], 200, observed, 2, 0.1, seed=0)
     torch.testing.assert_close(prior.means, same.means)
     tokens = torch.from_numpy(counts).long()
     tokens[:, :5] = MASK_TOKEN
     expected = StatePrior.fit(cell_states(model, tokens).numpy(), 2, 0.1, seed=0)
     torch.testing.assert_close(prior.means, expected.means)
+
+
+def test_few_cells_get_fewer_components():
+    assert components_for(16, 1944) == 16
+    assert components_for(16, 450) == 4
+    assert components_for(16, 30) == 1
+    model = _cell_mlp()
+    counts = np.random.default_rng(0).poisson(2.0, (250, 20))
+    prior = fit_state_prior(model, lambda rows: counts[rows], 250, np.ones(20, bool), 16, 0.1, seed=0)
+    assert prior.n_components == 2

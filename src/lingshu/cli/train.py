@@ -157,6 +157,13 @@ def train(
         "--backed",
         help="Stream mini-batches from disk instead of loading the matrix into RAM.",
     ),
+    state_prior_components: int | None = typer.Option(
+        None,
+        "--state-prior-components",
+        help="Gaussians of the state prior fitted after training (cell_mlp models without "
+        "conditions; generation draws each cell's state from it first). 0: none. Default: the "
+        "preset's (cpu: 16; fewer with under 100 training cells per component).",
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     seed: int = typer.Option(0, "--seed", help="Global seed: same seed and data give the same model."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -177,6 +184,7 @@ def train(
         "precision": None if precision == "auto" else precision,
         "val_fraction": DEFAULT_VAL_FRACTION if val_fraction is None and not resume else val_fraction,
         "val_every": val_every,
+        "state_prior_components": state_prior_components,
     }
     train_overrides = {k: v for k, v in overrides.items() if v is not None}
     model_overrides = {} if patch_size is None else {"patch_size": patch_size}

@@ -113,6 +113,14 @@ def cell_states(model: MaskPredictor, tokens: torch.Tensor, batch_size: int = 25
 
 # Cells whose states the mixture is fitted to, at most (a random subset of larger datasets).
 MAX_FIT_CELLS = 20_000
+# Cells per component, at least: each full covariance holds D (D + 1) / 2 numbers (2,080 for
+# D = 64), so a small dataset gets fewer components rather than ill-fitted ones.
+MIN_CELLS_PER_COMPONENT = 100
+
+
+def components_for(requested: int, n_cells: int) -> int:
+    """How many components to fit to ``n_cells`` states: ``requested``, fewer for few cells."""
+    return max(1, min(requested, n_cells // MIN_CELLS_PER_COMPONENT))
 
 
 def fit_state_prior(
@@ -127,8 +135,10 @@ def fit_state_prior(
     """Fit a :class:`StatePrior` to the states ``model`` infers from training cells.
 
     ``counts(rows)`` returns raw counts (len(rows), G) in vocabulary order; genes not
-    ``observed`` are shown to the network as [MASK], as in training.
+    ``observed`` are shown to the network as [MASK], as in training. ``n_components`` is capped
+    by :func:`components_for`.
     """
+    n_components = components_for(n_components, min(n_cells, MAX_FIT_CELLS))
     rows = np.arange(n_cells)
     if n_cells > MAX_FIT_CELLS:
         rows = np.sort(np.random.default_rng([seed, 0x57A7E]).choice(n_cells, MAX_FIT_CELLS, replace=False))

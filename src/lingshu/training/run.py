@@ -538,7 +538,7 @@ def _train(
             train_config.seed,
         )
         print(
-            f"state prior: {train_config.state_prior_components} Gaussians fitted to the cell states of "
+            f"state prior: {final.state_prior.n_components} Gaussians fitted to the cell states of "
             f"{min(data.n_cells, MAX_FIT_CELLS):,} training cells (generation draws a state from it first)"
         )
     if distributed.is_main() and (
