@@ -113,8 +113,9 @@ def cell_states(model: MaskPredictor, tokens: torch.Tensor, batch_size: int = 25
 
 # Cells whose states the mixture is fitted to, at most (a random subset of larger datasets).
 MAX_FIT_CELLS = 20_000
-# Cells per component, at least: each full covariance holds D (D + 1) / 2 numbers (2,080 for
-# D = 64), so a small dataset gets fewer components rather than ill-fitted ones.
+# Cells per component, at least: each full covariance holds D (D + 1) / 2 numbers (8,256 for
+# D = 128, held in check by COVARIANCE_FLOOR), so a small dataset gets fewer components rather
+# than ill-fitted ones.
 MIN_CELLS_PER_COMPONENT = 100
 
 
