@@ -46,3 +46,31 @@ def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, count
     # Conditional cells carry their requested type, which the report scores against a classifier.
     assert 0 <= metrics.loc["lingshu conditional (cell_type) (2 steps)", "celltype_accuracy"] <= 1
     assert pd.isna(metrics.loc["lingshu (2 steps)"].get("celltype_accuracy", float("nan")))
+
+
+def test_a_model_with_a_state_prior_is_also_scored_with_plain_unmasking(tmp_path):
+    from ..conftest import make_counts_adata
+
+    cells = make_counts_adata(n_cells=240, seed=3)
+    data, split = tmp_path / "cells.h5ad", tmp_path / "split.json"
+    cells.write_h5ad(data)
+    save_split(make_cell_split(cells.obs_names, 0.25, seed=0), split)
+    table = run_generation_benchmark(
+        tmp_path / "bench",
+        dataset=str(data),
+        split=str(split),
+        preset="cpu",
+        max_steps=3,
+        min_cells=1,
+        sampling_steps=(2,),
+        baselines=("copy_training",),
+        conditional_key=None,
+        progress=False,
+    )
+    assert load_checkpoint(tmp_path / "bench" / "model").state_prior is not None
+    names = set(map(str, table.index))
+    assert {
+        "lingshu (2 steps)",
+        "plain unmasking (no state prior) (2 steps)",
+        "priors alone (network off)",
+    } <= names
