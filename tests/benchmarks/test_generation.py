@@ -7,22 +7,31 @@ from lingshu.data.splits import make_cell_split, save_split
 from lingshu.training.checkpoint import load_checkpoint
 
 
-def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, counts_adata):
+def _run_benchmark(tmp_path, cells, **options):
+    """The benchmark on ``cells`` split 75/25, with a copy of training cells as the baseline."""
     data, split = tmp_path / "cells.h5ad", tmp_path / "split.json"
-    counts_adata.write_h5ad(data)
-    save_split(make_cell_split(counts_adata.obs_names, 0.25, seed=0), split)
-    table = run_generation_benchmark(
+    cells.write_h5ad(data)
+    save_split(make_cell_split(cells.obs_names, 0.25, seed=0), split)
+    return run_generation_benchmark(
         tmp_path / "bench",
         dataset=str(data),
         split=str(split),
+        baselines=("copy_training",),
+        progress=False,
+        **options,
+    )
+
+
+def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, counts_adata):
+    table = _run_benchmark(
+        tmp_path,
+        counts_adata,
         preset="tiny",
         conditional_preset="tiny",
         depth_bins=2,
         max_steps=3,
         min_cells=1,
         sampling_steps=(2, 4),
-        baselines=("copy_training",),
-        progress=False,
     )
     names = set(map(str, table.index))
     assert {"lingshu (2 steps)", "lingshu (4 steps)", "priors alone (network off)"} <= names
@@ -51,21 +60,14 @@ def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, count
 def test_a_model_with_a_state_prior_is_also_scored_with_plain_unmasking(tmp_path):
     from ..conftest import make_counts_adata
 
-    cells = make_counts_adata(n_cells=240, seed=3)
-    data, split = tmp_path / "cells.h5ad", tmp_path / "split.json"
-    cells.write_h5ad(data)
-    save_split(make_cell_split(cells.obs_names, 0.25, seed=0), split)
-    table = run_generation_benchmark(
-        tmp_path / "bench",
-        dataset=str(data),
-        split=str(split),
+    table = _run_benchmark(
+        tmp_path,
+        make_counts_adata(n_cells=240, seed=3),
         preset="cpu",
         max_steps=3,
         min_cells=1,
         sampling_steps=(2,),
-        baselines=("copy_training",),
         conditional_key=None,
-        progress=False,
     )
     assert load_checkpoint(tmp_path / "bench" / "model").state_prior is not None
     names = set(map(str, table.index))
