@@ -73,6 +73,10 @@ class ModelConfig:
     cell's mean state, a slope and a curvature on log(1 + count) (capped at the gene's highest
     training count) and an offset on count 0: 3 numbers per gene instead of 281, so it learns
     in CPU minutes; with the network off it is the per-gene table.
+    ``centred_statistic`` centres the tilted head's log(1 + count) per gene on its mean over the
+    gene's nonzero training counts: the same family of tilts, but a highly expressed gene's sharp
+    peak needs a slope of a few units instead of hundreds, which the read-outs reach in minutes
+    (off by default so that older checkpoints load as they were).
     ``value_embedding`` adds to each group's input its genes' own read-in vectors weighted by
     log(1 + count) and by visibility: the token embedding is shared by all genes, so without it
     a group knows "slot 3 holds a 5" but not what a 5 of that gene says about the cell.
@@ -117,6 +121,7 @@ class ModelConfig:
     combine_log_means: bool = False
     head: str = "categorical"
     value_embedding: bool = False
+    centred_statistic: bool = False
     encoder: str = "transformer"
     encoder_width: int = 256
     rope_base: float = 10_000.0
@@ -321,9 +326,10 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     # The label-free CPU model: one cell state from an MLP over every visible gene (cell_mlp
-    # encoder) tilting each gene's training table by 3 exponents, every masked gene scored,
-    # the per-gene read-in at a twentieth of the network's learning rate, the read-outs at it;
-    # generation draws each cell's state first from a mixture fitted to the training cells' states.
+    # encoder) tilting each gene's training table by 3 exponents on its centred log(1 + count),
+    # every masked gene scored, the per-gene read-in at a twentieth of the network's learning rate,
+    # the read-outs at it; generation draws each cell's state first from a mixture fitted to the
+    # training cells' states.
     "cpu": Preset(
         ModelConfig(
             # A state of 128 numbers: the same validation NLL as 64 (0.25528 against 0.25529)
@@ -337,6 +343,11 @@ PRESETS: dict[str, Preset] = {
             head="tilted",
             encoder="cell_mlp",
             encoder_width=256,
+            # Chosen on a 540-cell validation slice (--val-fraction 0.25): validation unbiased
+            # MMD^2 0.0066 +- 0.0020 over 8 sampling seeds against 0.0106 +- 0.0019 uncentred
+            # (the 20 most expressed genes no longer vary twice as much as in real cells), and
+            # validation NLL 0.25812 against 0.25845.
+            centred_statistic=True,
         ),
         TrainConfig(
             batch_size=32,

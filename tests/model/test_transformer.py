@@ -393,3 +393,52 @@ def test_the_tilted_heads_kept_support_follows_its_tables_when_they_are_set_or_l
     _assert_fast_nll_matches_cross_entropy(model, with_context, 30)
     model.load_state_dict(_tilted_model("cell_mlp", with_context, seed=1).state_dict())
     _assert_fast_nll_matches_cross_entropy(model, with_context, 30)
+
+
+def _centred(model: MaskPredictor) -> MaskPredictor:
+    """The same tables as ``model`` with the tilted head's statistic centred."""
+    centred = MaskPredictor(replace(model.config, centred_statistic=True))
+    statistic = model.log_count_capped
+    highest = (statistic >= statistic[:, -1:]).to(torch.uint8).argmax(-1)
+    centred.init_token_prior(torch.exp(model.token_prior), floor=1e-30, highest=highest)
+    return centred
+
+
+def test_the_centred_statistic_has_mean_zero_over_each_genes_nonzero_counts():
+    """Under the gene's own table the centred statistic averages 0 over its nonzero tokens;
+    it is the raw one shifted (same order, same differences between tokens)."""
+    model = _tilted_model("cell_mlp", False)
+    raw, statistic = model.log_count_capped.double(), _centred(model).log_count_capped.double()
+    p = torch.softmax(model.token_prior[:, 1:].double(), -1)
+    mean = (p * statistic[:, 1:]).sum(-1)
+    torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-5, rtol=0)
+    torch.testing.assert_close(statistic.diff(dim=-1), raw.diff(dim=-1), atol=1e-5, rtol=0)
+    assert (statistic[:, 0] < 0).sum() >= model.config.n_genes - 1  # a gene seen at 0 only: 0
+
+
+def test_the_centred_statistic_spans_the_same_tilts():
+    """A tilt (slope a, curvature c, zero z) on the raw statistic s equals the tilt
+    (a + 2 c m, c, z) on s - m: both give one distribution."""
+    model = _tilted_model("cell_mlp", False)
+    centred = _centred(model)
+    raw, statistic = model.log_count_capped.double(), centred.log_count_capped.double()
+    shift = (raw - statistic)[:, 0]
+    assert shift.abs().max() > 0.5
+    genes = torch.arange(model.config.n_genes)
+    exponents = torch.randn(len(genes), 3, dtype=torch.float64)
+    a, c, z = exponents.unbind(-1)
+    mapped = torch.stack([a + 2 * c * shift, c, z], -1)
+    table = model.token_prior.double()
+    expected = torch.log_softmax(model.add_exponents(table, exponents, genes).double(), -1)
+    got = torch.log_softmax(centred.add_exponents(table, mapped, genes).double(), -1)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # float32 buffers
+
+
+def test_the_tilted_heads_fast_nll_equals_the_cross_entropy_with_a_centred_statistic():
+    """tilted_nll's closed-form tail assumes the statistic is constant above each gene's highest
+    count; centring keeps that, so the fast NLL still equals the full cross-entropy."""
+    model = _centred(_tilted_model("cell_mlp", False))
+    with torch.no_grad():
+        for parameter in (model.gene_readout, model.shared_readout, model.gene_exponents):
+            parameter.normal_(0, 0.3)
+    _assert_fast_nll_matches_cross_entropy(model, False, 30)

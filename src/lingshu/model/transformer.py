@@ -36,6 +36,15 @@ SUPPORT_BUCKETS = (4, 16, 64, N_EXPRESSION_TOKENS)
 MIN_VISIBLE_FRACTION = 0.1
 
 
+def centre_statistic(statistic: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    """Each gene's statistic (G, 281) minus its mean over the gene's nonzero tokens under
+    ``probabilities`` (G, 281). A shift per gene, so the tilts span the same family, but a peak
+    at a high count then needs a curvature centred near 0 and a small slope (about 2 c times
+    the distance from the mean) instead of a slope of hundreds that cancels a large c m term."""
+    nonzero = probabilities[:, 1:] / probabilities[:, 1:].sum(-1, keepdim=True).clamp_min(1e-12)
+    return statistic - (nonzero * statistic[:, 1:]).sum(-1, keepdim=True)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm with a learned gain (computed in float32 for stability)."""
 
@@ -275,7 +284,10 @@ class MaskPredictor(nn.Module):
                 seen = probabilities > floor
                 highest = N_EXPRESSION_TOKENS - 1 - seen.flip(-1).float().argmax(-1)
             cap = torch.log1p(self.token_values[highest])[:, None]
-            self.log_count_capped.copy_(torch.minimum(torch.log1p(self.token_values)[None], cap))
+            statistic = torch.minimum(torch.log1p(self.token_values)[None], cap)
+            if self.config.centred_statistic:
+                statistic = centre_statistic(statistic, probabilities.to(statistic))
+            self.log_count_capped.copy_(statistic)
         self._forget_derived()
 
     @property
