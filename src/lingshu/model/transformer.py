@@ -166,7 +166,8 @@ class MaskPredictor(nn.Module):
             self.head = nn.Linear(d, N_EXPRESSION_TOKENS, bias=False)
         self.token_prior = nn.Parameter(torch.zeros(g, N_EXPRESSION_TOKENS)) if config.token_prior else None
         # The tilted head's per-gene statistic: log(1 + count), capped at the gene's highest
-        # training count so that a raising slope cannot lift the floored tokens past it.
+        # training count so that a raising slope cannot lift the floored tokens past it (minus
+        # its mean over the gene's nonzero counts with centred_statistic; see centre_statistic).
         self.register_buffer("log_count_capped", torch.zeros(g, N_EXPRESSION_TOKENS) if self.tilted else None)
         if self.token_prior is not None and (config.has_perturbation_prior or self.tilted):
             # The tilted head's table is a fixed base that the network tilts (low-variance).
