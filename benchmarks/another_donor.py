@@ -76,7 +76,7 @@ def main() -> None:
     n = held_out.n_obs
     rng = np.random.default_rng(args.seed)
     train = ad.read_h5ad(args.train)
-    ceiling = train[np.sort(rng.choice(train.n_obs, n, replace=False))]
+    ceiling = train[np.sort(rng.choice(train.n_obs, n, replace=False))].copy()
     others = {"real ceiling: pbmc3k training cells": ceiling}
     for item in args.generated:
         name, sep, path = item.partition("=")
@@ -88,7 +88,7 @@ def main() -> None:
             train, n, seed=args.seed
         )
     others["another donor: Kang 2018 control PBMCs"] = another_donors_cells(n, args.seed)
-    table = score_against(held_out, {k: v.copy() for k, v in others.items()}, args.seed)
+    table = score_against(held_out, others, args.seed)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def test_generation_benchmark_scores_model_baselines_and_ceiling(tmp_path, count
 
 
 def test_a_model_with_a_state_prior_is_also_scored_with_plain_unmasking(tmp_path):
-    from ..conftest import make_counts_adata
+    from tests.conftest import make_counts_adata
 
     table = _run_benchmark(
         tmp_path,
