@@ -58,7 +58,14 @@ def make_perturbation_adata(n_per_group: int = 24, n_genes: int = 30, seed: int 
     )
 
 
-def train_one_step(adata: ad.AnnData, out, condition_keys: dict, control_label=None, depth_bins: int = 0):
+def train_one_step(
+    adata: ad.AnnData,
+    out,
+    condition_keys: dict,
+    control_label=None,
+    depth_bins: int = 0,
+    val_fraction: float = 0.0,
+):
     """A tiny model after one training step: its priors and an untrained network."""
     from lingshu.training.run import train
 
@@ -66,7 +73,7 @@ def train_one_step(adata: ad.AnnData, out, condition_keys: dict, control_label=N
         adata,
         out,
         preset="tiny",
-        train_overrides={"max_steps": 1, "batch_size": 8},
+        train_overrides={"max_steps": 1, "batch_size": 8, "val_fraction": val_fraction},
         progress=False,
         condition_keys=condition_keys,
         control_label=control_label,

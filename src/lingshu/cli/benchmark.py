@@ -147,10 +147,10 @@ def generation(
         "training proportions), scored beside the label-free headline model; 'none' skips it.",
     ),
     conditional_preset: str = typer.Option(
-        "small", "--conditional-preset", help="Preset of the conditional model."
+        "cpu", "--conditional-preset", help="Preset of the conditional model."
     ),
     depth_bins: int = typer.Option(
-        8,
+        0,
         "--depth-bins",
         help="The conditional model's library-size bins per label (0 = none; see `lingshu train`).",
     ),

@@ -62,6 +62,11 @@ def data_fingerprint(adata: ad.AnnData) -> str:
 MAX_CONTEXT_PRIOR_ENTRIES = 2**27
 # Per-context perturbation tilts (contexts x perturbations x genes, float32) up to ~256 MB.
 MAX_TILT_ENTRIES = 2**26
+# The context prior's shrinkage in pseudo-cells of the global table, chosen on a validation slice
+# of 540 pbmc3k cells (cpu preset, cell type): 20 cells generate closer cells (unbiased MMD^2
+# 0.0057 +- 0.0016 over 3 seeds) than the 100 that best predict a tenth of the training cells'
+# tokens (0.0088 +- 0.0013), though the latter's NLL is lower (see the experiment log, session 8).
+CONTEXT_SHRINKAGE = 20.0
 
 
 def token_frequencies(data: AlignedCounts, chunk_size: int = 1024) -> torch.Tensor:
@@ -107,9 +112,12 @@ def init_priors(
     conditions: ConditionMap,
     data: AlignedCounts,
     obs: pd.DataFrame | None = None,
+    prior_cells: np.ndarray | None = None,
 ) -> None:
     """Fill a new model's data-derived tables: token prior, context prior, perturbation and
     depth tilts. ``obs`` (all cells of ``adata``) carries derived condition columns (depth).
+    ``prior_cells`` (rows of ``adata``; None: all) are the cells the tables may see: every cell
+    but the validation slice, whose NLL would otherwise be scored by tables fitted on it.
 
     A perturbation model measures the token and context priors on its *control* cells (all of
     them, before the cap): they are then each context's baseline, and every perturbation is a
@@ -119,9 +127,10 @@ def init_priors(
     """
     perturbation = conditions.slot("perturbation")
     controls = None
+    allowed = np.arange(adata.n_obs) if prior_cells is None else np.asarray(prior_cells)
     if perturbation is not None:
         labels = adata.obs[perturbation.key].astype(str).to_numpy()
-        controls = np.flatnonzero(labels == perturbation.control_label)
+        controls = allowed[labels[allowed] == perturbation.control_label]
     base = token_frequencies(data if controls is None else AlignedCounts(adata, alignment, cells=controls))
     if model.tilted:
         init_shrunk_token_prior(
@@ -130,7 +139,9 @@ def init_priors(
     elif model.config.token_prior:
         model.init_token_prior(base)
     if model.uses_context_prior:
-        model.init_context_prior(*context_token_counts(adata, alignment, conditions, controls, obs))
+        context_cells = controls if controls is not None else prior_cells
+        counts = context_token_counts(adata, alignment, conditions, context_cells, obs)
+        model.init_context_prior(*counts, shrinkage=CONTEXT_SHRINKAGE)
     if model.config.has_tilts:
         # What raising tilts (shift and depth prior alike) multiply and add past the highest count.
         table, tail = raising_rule(base.numpy(), model.config.has_poisson_tail)
@@ -138,13 +149,14 @@ def init_priors(
             model.init_tilt_tail(torch.from_numpy(tail))
     if model.uses_perturbation_prior:
         source = conditions.slot("source")
-        every_cell = AlignedCounts(adata, alignment)
+        every_cell = AlignedCounts(adata, alignment, cells=prior_cells)
+        cells_obs = adata.obs if prior_cells is None else adata.obs.iloc[prior_cells]
         per_context = model.config.tilt_contexts > 1
         # One pass over the cells serves the fold changes and the log-expression shifts.
-        moments = pair_moments(every_cell, adata.obs, perturbation.key, source.key if source else None)
+        moments = pair_moments(every_cell, cells_obs, perturbation.key, source.key if source else None)
         folds = log_fold_changes(
             every_cell,
-            adata.obs,
+            cells_obs,
             perturbation,
             source.key if source else None,
             source.labels if per_context else None,
@@ -484,7 +496,10 @@ def _train(
         held_out = AlignedCounts(adata, alignment, cells=validation_cells)
         validation = ValidationSet.from_counts(held_out, encode(validation_cells), train_config.seed).nll
     if not resume:
-        init_priors(model, adata, alignment, conditions, data, obs)
+        prior_cells = None
+        if validation_cells is not None:
+            prior_cells = np.setdiff1d(np.arange(adata.n_obs), validation_cells)
+        init_priors(model, adata, alignment, conditions, data, obs, prior_cells)
     trainer = Trainer(model, train_config, device)
     if resume:
         trainer.model.load_state_dict(previous.model_state)
