@@ -21,6 +21,7 @@ from lingshu.evaluation.report import evaluate_generation
 from lingshu.inference.generate import generate
 from lingshu.training.checkpoint import load_checkpoint
 from lingshu.training.run import train
+from lingshu.training.validation import DEFAULT_VAL_FRACTION
 
 DEFAULT_BASELINES = (
     "independent_genes",
@@ -31,7 +32,6 @@ DEFAULT_BASELINES = (
 )
 NETWORK_OFF = "priors alone (network off)"
 PLAIN_UNMASKING = "plain unmasking (no state prior)"
-VAL_FRACTION = 0.1
 
 
 def run_generation_benchmark(
@@ -68,7 +68,7 @@ def run_generation_benchmark(
     # weights, as `make demo` and `lingshu train` do.
     overrides = {
         "seed": seed,
-        "val_fraction": VAL_FRACTION,
+        "val_fraction": DEFAULT_VAL_FRACTION,
         **({} if max_steps is None else {"max_steps": max_steps}),
     }
 

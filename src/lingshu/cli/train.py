@@ -16,8 +16,8 @@ from lingshu.data.paths import resolve_data
 from lingshu.data.splits import apply_cell_split, load_split
 from lingshu.training import distributed
 from lingshu.training.run import train as train_model
+from lingshu.training.validation import DEFAULT_VAL_FRACTION
 
-DEFAULT_VAL_FRACTION = 0.1
 COMBINATION_RULES = {
     "log-means": {"combine_log_means": True, "combine_folds": False},
     "folds": {"combine_log_means": False, "combine_folds": True},

@@ -127,8 +127,8 @@ def init_priors(
     """
     perturbation = conditions.slot("perturbation")
     controls = None
-    allowed = np.arange(adata.n_obs) if prior_cells is None else np.asarray(prior_cells)
     if perturbation is not None:
+        allowed = np.arange(adata.n_obs) if prior_cells is None else np.asarray(prior_cells)
         labels = adata.obs[perturbation.key].astype(str).to_numpy()
         controls = allowed[labels[allowed] == perturbation.control_label]
     base = token_frequencies(data if controls is None else AlignedCounts(adata, alignment, cells=controls))

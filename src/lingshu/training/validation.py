@@ -21,6 +21,8 @@ from lingshu.model.transformer import MaskPredictor
 VALIDATION_MASK_LEVEL = 0.5
 # At most this many validation cells are scored at each evaluation (bounded cost per point).
 MAX_VALIDATION_CELLS = 256
+# The slice users get unless they ask otherwise (`lingshu train`, the benchmarks, `make demo`).
+DEFAULT_VAL_FRACTION = 0.1
 
 
 def validation_split(n_cells: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
