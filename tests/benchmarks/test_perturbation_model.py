@@ -43,7 +43,10 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
     methods = set(table["method"])
     assert {"lingshu", "control", "lingshu S=8 w=0", "lingshu S=1 w=2", "lingshu S=8 w=2 no prior"} <= methods
     assert "lingshu S=8 w=2 no shift prior" in methods
-    assert set(table.loc[table["method"].str.startswith("lingshu"), "kind"]) == {"model"}
+    kinds = dict(zip(table["method"], table["kind"], strict=False))
+    # The priors alone run beside the model only (not beside each ablation variant).
+    assert [m for m, k in kinds.items() if k == "priors"] == ["lingshu priors alone (network off)"]
+    assert {k for m, k in kinds.items() if m.startswith("lingshu") and "priors alone" not in m} == {"model"}
     # The ablation's reference S (the tiny preset's 8) reuses the main model; S=1 and 32 train their
     # own, and so does the model without the shift prior.
     assert sorted(p.name for p in (out / "ablation_models").iterdir()) == [
@@ -60,6 +63,9 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
         and "model tables: token prior, context prior, shift prior (per context, combined log means)"
         in report
     )
+    assert "**Verdict, `lingshu`**: Pearson-delta" in report and "; its priors alone Pearson-delta" in report
+    # One verdict per block, the model's: ablation variants have no priors row of their own.
+    assert report.count("**Verdict") == report.count("**Verdict, `lingshu`**") == table["block"].nunique()
     predicted = ad.read_h5ad(out / "predictions" / "lingshu.h5ad")
     assert predicted.uns["lingshu"]["guidance"] == 2.0 and predicted.uns["lingshu"]["n_steps"] == 3
     assert list(predicted.var_names) == [f"g{i}" for i in range(predicted.n_vars)]

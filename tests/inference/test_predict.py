@@ -75,6 +75,20 @@ def test_prior_off_guidance_and_seed_change_the_cells_as_asked(checkpoint):
     assert len(no_prior.uns["lingshu"]["requests"]["0"]["prior_genes"]) == 0
 
 
+def test_the_priors_alone_ignore_guidance_and_keep_the_prior_injection(checkpoint):
+    def run(**kwargs):
+        return predict(checkpoint, [Request("ctxA", "KO1", 8)], seed=3, progress=False, **kwargs)
+
+    off = run(network=False)
+    # With the network off guidance has nothing to amplify: w changes nothing.
+    np.testing.assert_array_equal(off.X.toarray(), run(network=False, guidance=0.0).X.toarray())
+    assert not np.array_equal(off.X.toarray(), run().X.toarray())
+    assert off.uns["lingshu"]["network"] == "off (priors alone)"
+    genes = list(off.var_names)
+    columns = [genes.index(g) for g in off.uns["lingshu"]["requests"]["0"]["prior_genes"]]
+    np.testing.assert_array_equal(off.X[:, columns].toarray(), 1)
+
+
 def test_bad_requests_fail_before_anything_is_generated(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="'KO3' .*never seen in training.*nearest known: KO2, KO1; 3 known"):
         predict(checkpoint, [Request("ctxA", "KO1", 2), Request("ctxA", "KO3", 2)], progress=False)

@@ -258,7 +258,8 @@ def run_perturbation_benchmark(
     timings["load_s"] = time.perf_counter() - started
     requests = requests_for(held_out, split)
     predictions = {}
-    for name, predictor in resolve_methods(methods).items():
+    chosen = resolve_methods(methods)
+    for name, predictor in chosen.items():
         started = time.perf_counter()
         predicted = predictor(train, split, requests, seed)
         timings[f"predict_{name}_s"] = time.perf_counter() - started
@@ -272,7 +273,10 @@ def run_perturbation_benchmark(
     )
     timings["score_s"] = time.perf_counter() - started
     metrics = _add_scores(_summaries(per_perturbation, "block"))
-    kinds = {name: "baseline" if name in PERTURBATION_BASELINES else "model" for name in predictions}
+    kinds = {
+        name: getattr(predictor, "kind", "baseline" if name in PERTURBATION_BASELINES else "model")
+        for name, predictor in chosen.items()
+    }
     kinds.update({HALF_SPLIT: "ceiling", CELL_EVAL_CEILING: "ceiling"})
     metrics.insert(1, "kind", metrics["method"].map(kinds))
     result = PerturbationBenchmarkResult(

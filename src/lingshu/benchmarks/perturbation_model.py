@@ -49,6 +49,13 @@ class LingshuPredictor:
     # A held-out target the model has no token for: the context's average perturbation shift
     # plus its prior injection ("average"), or the injection alone ("control").
     unseen: str = "average"
+    # False: the same checkpoint with its network switched off (the "priors alone" row).
+    network: bool = True
+
+    @property
+    def kind(self) -> str:
+        """How reports list this method: the model, or its priors alone."""
+        return "model" if self.network else "priors"
 
     def checkpoint(self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int) -> Checkpoint:
         """The trained model for these cells: loaded when ``model_dir`` already holds it."""
@@ -86,6 +93,7 @@ class LingshuPredictor:
             device=self.device or "cpu",
             progress=self.progress,
             unseen=self.unseen,
+            network=self.network,
         )
         return on_genes(predicted, train_cells.var_names)
 
@@ -107,6 +115,19 @@ def on_genes(predicted: ad.AnnData, genes: pd.Index) -> ad.AnnData:
 
 
 MODEL_METHOD = "lingshu"
+PRIORS_SUFFIX = " priors alone (network off)"
+
+
+def with_priors_alone(methods: dict[str, object]) -> dict[str, object]:
+    """``methods`` with, after each model method M, "M priors alone (network off)": the same
+    checkpoint sampled with its network switched off, so that every report shows what the
+    network adds to its priors."""
+    out: dict[str, object] = {}
+    for name, method in methods.items():
+        out[name] = method
+        if isinstance(method, LingshuPredictor) and method.network:
+            out.setdefault(name + PRIORS_SUFFIX, replace(method, network=False))
+    return out
 
 
 def ablation_methods(

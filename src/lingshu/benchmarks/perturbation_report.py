@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from lingshu.benchmarks.perturbation_seeds import ADDITIVE, priors_row
 from lingshu.data.writing import atomic_write_text
 from lingshu.evaluation.embedding import fit_pca, subsample_index
 from lingshu.evaluation.perturbation_scoring import METRICS
@@ -153,6 +154,40 @@ NOTES = [
 ]
 
 
+def verdict_lines(table: pd.DataFrame) -> list[str]:
+    """One line per model row of a block's table that has its priors alone beside it: its
+    Pearson-delta and score beside those of the same checkpoint with the network off, the
+    additive shift and the best baseline, and whether the network adds to its priors."""
+    lines = []
+    baselines = table[table["kind"] == "baseline"]
+    best = baselines.loc[baselines["score_vs_perturbation_mean"].idxmax()] if len(baselines) else None
+    additive = table[table["method"] == ADDITIVE]
+
+    def figures(row: pd.Series) -> str:
+        return f"Pearson-delta {row['pearson_delta']:.3f}, score {row['score_vs_perturbation_mean']:.3f}"
+
+    for _, row in table[table["kind"] == "model"].iterrows():
+        priors = priors_row(table, row["method"])
+        if priors is None:
+            continue  # ablation variants: their figures are in the table
+        adds = (
+            row["pearson_delta"] > priors["pearson_delta"]
+            and row["score_vs_perturbation_mean"] > priors["score_vs_perturbation_mean"]
+        )
+        parts = [
+            f"**Verdict, `{row['method']}`**: {figures(row)}",
+            f"its priors alone {figures(priors)} (the network "
+            + ("adds to them on both" if adds else "does not add to them on both")
+            + ")",
+        ]
+        if len(additive):
+            parts.append(f"{ADDITIVE} Pearson-delta {additive.iloc[0]['pearson_delta']:.3f}")
+        if best is not None:
+            parts.append(f"best baseline by score `{best['method']}` {figures(best)}")
+        lines.append("; ".join(parts) + ".")
+    return lines
+
+
 def write_report(result: PerturbationBenchmarkResult) -> Path:
     """``report.md``: the split, one table per block, honest notes, timings and figures."""
     split = result.split
@@ -180,6 +215,8 @@ def write_report(result: PerturbationBenchmarkResult) -> Path:
         table = result.metrics[result.metrics["block"] == block][columns]
         table = table.dropna(axis=1, how="all")
         lines += [f"## {block}", "", markdown_table(table, index=False), ""]
+        verdicts = verdict_lines(result.metrics[result.metrics["block"] == block])
+        lines += [*verdicts, ""] if verdicts else []
         if block.endswith("(null effect)"):
             lines += [
                 "This block is reported separately: its real held-out cells have (almost) no significant "

@@ -300,8 +300,9 @@ def perturbation(
     methods: str = typer.Option(
         "lingshu,control,perturbation_mean,additive_shift",
         "--methods",
-        help="Comma-separated methods: lingshu (the model, trained on the split's training cells) "
-        "and the baselines control, perturbation_mean, additive_shift.",
+        help="Comma-separated methods: lingshu (the model, trained on the split's training cells; "
+        "its priors alone, the same checkpoint with the network off, always run beside it) and "
+        "the baselines control, perturbation_mean, additive_shift.",
     ),
     preset: str = typer.Option("small", "--preset", help="The model's preset (tiny, small, paper)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="The model's training steps."),
@@ -366,7 +367,12 @@ def perturbation(
     chosen = split if split is not None else task
     out = out or Path("runs/benchmark_perturbation") / (Path(str(chosen)).stem if split is not None else task)
     from lingshu.benchmarks.perturbation import PERTURBATION_METHODS
-    from lingshu.benchmarks.perturbation_model import MODEL_METHOD, LingshuPredictor, ablation_methods
+    from lingshu.benchmarks.perturbation_model import (
+        MODEL_METHOD,
+        LingshuPredictor,
+        ablation_methods,
+        with_priors_alone,
+    )
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
@@ -405,7 +411,9 @@ def perturbation(
             device=device,
             unseen=unseen,
         )
-        chosen_methods = {n: model if n == MODEL_METHOD else PERTURBATION_METHODS[n] for n in names}
+        chosen_methods = with_priors_alone(
+            {n: model if n == MODEL_METHOD else PERTURBATION_METHODS[n] for n in names}
+        )
         if ablation:
             chosen_methods.update(ablation_methods(run_out / "ablation_models", model))
         return run_perturbation_benchmark(

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from lingshu.data.writing import atomic_path
 from lingshu.evaluation.metrics import Metric
 
-KIND_COLOURS = {"model": "#1f77b4", "baseline": "#ff7f0e", "ceiling": "#2ca02c"}
+KIND_COLOURS = {"model": "#1f77b4", "priors": "#9467bd", "baseline": "#ff7f0e", "ceiling": "#2ca02c"}
 SOURCE_COLOURS = {"real": "#7f7f7f", "generated": "#d62728"}
 
 

@@ -124,6 +124,7 @@ def predict(
     use_ema: bool = True,
     progress: bool = True,
     unseen: str = "error",
+    network: bool = True,
 ) -> ad.AnnData:
     """Predict cells for every request; returns one AnnData of integer counts.
 
@@ -136,7 +137,8 @@ def predict(
     injection; with "average" each such gene also adds the shift prior's average perturbation
     of the context (:meth:`~lingshu.model.transformer.MaskPredictor.average_tilt`: what every
     perturbation of the context shares, the perturbation-mean answer), recorded per request as
-    ``unseen_genes``.
+    ``unseen_genes``. ``network=False`` samples the checkpoint's priors alone (its network
+    switched off; guidance then has nothing to amplify): the "priors alone" row of every report.
     """
     if unseen not in UNSEEN_CHOICES:
         raise ValueError(f"unseen must be one of {', '.join(UNSEEN_CHOICES)}, got {unseen!r}")
@@ -207,6 +209,7 @@ def predict(
                 desc=f"predicting {request.perturbation}"
                 + (f" in {request.context}" if request.context else ""),
                 extra_tilt=extra_tilt,
+                network=network,
             )
         )
         frames.append(frame)
@@ -233,6 +236,7 @@ def predict(
         weights="ema" if use_ema else "raw",
         guidance=guidance,
         prior=use_prior,
+        network="on" if network else "off (priors alone)",
         requests=records,
     )
     return adata
