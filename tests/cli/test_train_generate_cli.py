@@ -156,3 +156,29 @@ def test_depth_bins_and_their_table_width_from_the_command_line(tmp_path, counts
         out = tmp_path / f"gen{width}.h5ad"
         assert _generate(ckpt, out, 2, 1).exit_code == 0
         assert ad.read_h5ad(out).uns["lingshu"]["model_priors"].endswith(expected)
+
+
+def test_fine_tuning_starts_from_a_pretrained_checkpoint(tmp_path, counts_adata):
+    from tests.conftest import make_counts_adata
+
+    first, second = tmp_path / "first.h5ad", tmp_path / "second.h5ad"
+    counts_adata.write_h5ad(first)
+    other = make_counts_adata(n_cells=48, n_genes=30, seed=5)
+    other.var_names = [f"GENE{j}" for j in range(20)] + [f"NEW{j}" for j in range(10)]
+    other.write_h5ad(second)
+    assert _train_tiny(first, tmp_path / "pre", 2).exit_code == 0
+    result = _train_tiny(second, tmp_path / "tuned", 2, "--init-from", str(tmp_path / "pre"))
+    assert result.exit_code == 0, result.output
+    from lingshu.training.checkpoint import load_checkpoint
+
+    known = load_checkpoint(tmp_path / "pre").vocabulary.genes
+    genes = load_checkpoint(tmp_path / "tuned").vocabulary.genes
+    added = genes[len(known) :]  # the second file's genes the first did not detect
+    assert genes[: len(known)] == known and {f"NEW{j}" for j in range(10)} <= set(added)
+    assert set(added) <= set(other.var_names) - set(known)
+    assert (
+        f"init-from: {len(known)} of this model's {len(genes)} genes carry the pretrained model's weights"
+        in result.output
+    )
+    missing = _train_tiny(second, tmp_path / "x", 2, "--init-from", str(tmp_path / "nothing"))
+    assert missing.exit_code == 2 and "checkpoint directory not found" in missing.output

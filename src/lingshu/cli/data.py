@@ -79,3 +79,25 @@ def split(
 def count(data: str = typer.Argument(..., help="An .h5ad file or a registered dataset name.")) -> None:
     """Print the number of cells in a file (read backed, without loading the matrix)."""
     typer.echo(str(read_counts(resolve_data(data), backed=True).n_obs))
+
+
+@data_app.command("pretraining-corpus")
+@user_errors_as_messages
+def pretraining_corpus(
+    recipe: str = typer.Option(
+        "pbmc",
+        "--recipe",
+        help="pbmc: pbmc3k's training cells and the control cells of Kang's three files "
+        "(no stimulated cell), stacked over the union of their genes.",
+    ),
+    out: Path = typer.Option(..., "--out", help="The .h5ad to write (train on it with lingshu train)."),
+) -> None:
+    """Stack the cells of a pretraining recipe into one file; each file's unmeasured genes stay
+    unobserved for its cells (obs['panel'], var['measured_in_<panel>'])."""
+    from lingshu.data.pretraining import build_corpus
+
+    corpus = build_corpus(recipe)
+    write_h5ad_atomic(corpus, out)
+    for line in corpus.uns["lingshu_corpus"]["parts"]:
+        typer.echo(f"  {line}")
+    typer.echo(f"wrote {out} ({corpus.n_obs:,} cells x {corpus.n_vars:,} genes)")

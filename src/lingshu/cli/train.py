@@ -152,6 +152,13 @@ def train(
     ),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the checkpoint in --out."),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="Start from a pretrained checkpoint directory (fine-tuning): its architecture and "
+        "weights, moved onto this file's genes by symbol and onto its labels (new labels get "
+        "fresh tokens); the priors are measured on this file, the schedule is --preset's.",
+    ),
     backed: bool = typer.Option(
         False,
         "--backed",
@@ -223,6 +230,7 @@ def train(
         perturbation_kind=perturbation_kind,
         devices=devices,
         depth_bins=depth_bins,
+        init_from=init_from,
     )
     last = result.log[-1] if result.log else {}
     if not main_process:

@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from lingshu.data.panels import panel_masks
 from lingshu.data.vocabulary import GeneAlignment
 
 
@@ -43,6 +44,21 @@ class AlignedCounts:
         self.observed = alignment.observed
         self.backed = bool(adata.isbacked)
         self.cells = None if cells is None else np.asarray(cells, dtype=np.int64)
+        # A stacked file of several gene panels: each cell observes its own panel's genes.
+        self.panels = panel_masks(adata, alignment.columns)
+        if self.panels is not None:
+            self.observed = self.observed & self.panels[1].any(0)
+
+    def observed_of(self, indices: np.ndarray) -> np.ndarray:
+        """Which genes these cells observe: ``observed`` (G,) for a plain file, where every cell
+        observes the same genes, else (len(indices), G), each cell its own panel's genes."""
+        if self.panels is None:
+            return self.observed
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.cells is not None:
+            indices = self.cells[indices]
+        panel_of, masks = self.panels
+        return masks[panel_of[indices]] & self.observed
 
     @property
     def n_cells(self) -> int:

@@ -55,6 +55,12 @@ DATASETS: dict[str, DatasetInfo] = {
             "38cf21449fa68fb37990276e5591276bade0d8204eb521ce13c841d4f2be7d5b",
         ),
         DatasetInfo(
+            "kang2018_ctrl_stim",
+            "kang2018/kang2018_ctrl_stim_counts.h5ad",
+            "Kang 2018, 1,000 control + 1,000 IFN-beta stimulated PBMCs, obs['condition']",
+            "2d9ae62e056a8e5e91aeb39c48c4f6f64ad142febc3d3f096bbffbd3a9d704dd",
+        ),
+        DatasetInfo(
             "papalexi2021",
             "papalexi2021/papalexi2021_thp1_crispr_counts.h5ad",
             "Papalexi 2021 THP-1 ECCITE-seq CRISPR screen, obs['perturbation']",

@@ -128,7 +128,7 @@ def fit_state_prior(
     model: MaskPredictor,
     counts: Callable[[np.ndarray], np.ndarray],
     n_cells: int,
-    observed: np.ndarray,
+    observed: np.ndarray | Callable[[np.ndarray], np.ndarray],
     n_components: int,
     first_fraction: float,
     seed: int,
@@ -136,7 +136,8 @@ def fit_state_prior(
     """Fit a :class:`StatePrior` to the states ``model`` infers from training cells.
 
     ``counts(rows)`` returns raw counts (len(rows), G) in vocabulary order; genes not
-    ``observed`` are shown to the network as [MASK], as in training. ``n_components`` is capped
+    ``observed`` ((G,), or a function of the rows giving (len(rows), G) or (G,)) are shown to the
+    network as [MASK], as in training. ``n_components`` is capped
     by :func:`components_for`.
     """
     n_components = components_for(n_components, min(n_cells, MAX_FIT_CELLS))
@@ -144,5 +145,7 @@ def fit_state_prior(
     if n_cells > MAX_FIT_CELLS:
         rows = np.sort(np.random.default_rng([seed, 0x57A7E]).choice(n_cells, MAX_FIT_CELLS, replace=False))
     tokens = torch.from_numpy(encode_counts(counts(rows)))
-    tokens[:, ~torch.from_numpy(np.asarray(observed, dtype=bool))] = MASK_TOKEN
+    observed = observed(rows) if callable(observed) else observed
+    hidden = ~torch.from_numpy(np.ascontiguousarray(observed, dtype=bool))
+    tokens[hidden.expand_as(tokens)] = MASK_TOKEN
     return StatePrior.fit(cell_states(model, tokens).numpy(), n_components, first_fraction, seed)

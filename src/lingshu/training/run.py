@@ -34,6 +34,7 @@ from lingshu.training.depth_shift import (
     depth_residuals,
     tilted_distributions,
 )
+from lingshu.training.init_from import architecture_of, fine_tuning_vocabulary, transfer_weights
 from lingshu.training.perturbation_shift import (
     log_expression_shifts,
     log_fold_changes,
@@ -293,6 +294,7 @@ def train(
     perturbation_kind: str = "genetic",
     devices: int = 1,
     depth_bins: int = 0,
+    init_from: str | Path | None = None,
 ) -> Checkpoint:
     """Train a Lingshu-Cell model on the raw counts in ``adata`` and write a checkpoint directory.
 
@@ -311,6 +313,9 @@ def train(
     way the result equals a single-process run on the same global batches (up to rounding).
     ``depth_bins`` > 0 adds a depth condition (each cell's library-size quantile bin within its
     source context) with its depth prior; generation then draws bins in training proportions.
+    ``init_from`` (a checkpoint directory) starts from a pretrained model: its architecture and
+    learned weights, moved onto this file's genes by symbol and onto its condition labels
+    (:mod:`lingshu.training.init_from`); the tables are measured here, the schedule is ``preset``'s.
     """
     options = dict(
         preset=preset,
@@ -325,7 +330,10 @@ def train(
         control_label=control_label,
         perturbation_kind=perturbation_kind,
         depth_bins=depth_bins,
+        init_from=None if init_from is None else str(init_from),
     )
+    if resume and init_from is not None:
+        raise ValueError("--resume continues a run; --init-from starts a new one: give one of them")
     if devices < 1:
         raise ValueError(f"--devices must be >= 1, got {devices}")
     if devices > 1 and distributed.env_world_size() == 1:
@@ -387,6 +395,7 @@ def _train(
     control_label: str | None,
     perturbation_kind: str,
     depth_bins: int,
+    init_from: str | None,
 ) -> Checkpoint:
     """One process's share of :func:`train` (the whole of it without a process group)."""
     fingerprint = data_fingerprint(adata)
@@ -406,6 +415,13 @@ def _train(
         if (out_dir / "manifest.json").exists():
             raise FileExistsError(f"{out_dir} already holds a checkpoint; pass --resume or another --out")
         chosen = get_preset(preset)
+        pretrained = None
+        if init_from is not None:
+            pretrained = load_checkpoint(Path(init_from))
+            # The network's shape is the pretrained one's; the preset gives the schedule.
+            chosen = replace(chosen, model=replace(chosen.model, **architecture_of(pretrained)))
+        if vocabulary is None and pretrained is not None:
+            vocabulary = fine_tuning_vocabulary(pretrained, adata, min_cells)
         vocabulary = vocabulary or GeneVocabulary.from_adata(adata, min_cells=min_cells)
         keys = dict(condition_keys or {})
         alignment = vocabulary.align(adata)
@@ -500,6 +516,10 @@ def _train(
         if validation_cells is not None:
             prior_cells = np.setdiff1d(np.arange(adata.n_obs), validation_cells)
         init_priors(model, adata, alignment, conditions, data, obs, prior_cells)
+        if pretrained is not None:
+            transfer = transfer_weights(model, vocabulary, conditions, pretrained)
+            if distributed.is_main():
+                print(transfer.report())
     trainer = Trainer(model, train_config, device)
     if resume:
         trainer.model.load_state_dict(previous.model_state)
@@ -547,7 +567,7 @@ def _train(
             final.build_model(),
             data.rows,
             data.n_cells,
-            data.observed,
+            data.observed_of,
             train_config.state_prior_components,
             train_config.state_prior_first_fraction,
             train_config.seed,

@@ -32,9 +32,14 @@ def token_counts(
         rows = np.arange(start, min(start + chunk_size, data.n_cells))
         tokens = encode_counts(data.rows(rows))
         tokens = (tokens if width is None else np.minimum(tokens, width)) + offsets
+        observed = data.observed_of(rows)
         for group in np.unique(groups[rows]):
             if group >= 0:
-                picked = tokens[groups[rows] == group].ravel()
+                in_group = groups[rows] == group
+                # A stacked file's cells count only the genes their panel measured.
+                picked = (
+                    tokens[in_group].ravel() if observed.ndim == 1 else tokens[in_group][observed[in_group]]
+                )
                 totals[group] += np.bincount(picked, minlength=totals.shape[1]).astype(np.int32)
     counts = totals.reshape(n_groups, n_genes, n_columns)
     counts[:, ~data.observed] = 0

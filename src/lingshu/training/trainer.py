@@ -183,7 +183,7 @@ class Trainer:
                 with self.autocast():
                     loss = self.loss(
                         batch.tokens[part],
-                        batch.observed,
+                        batch.observed if batch.observed.dim() == 1 else batch.observed[part],
                         None if batch.conditions is None else batch.conditions[part],
                         t[part],
                         draws[part],
@@ -246,7 +246,7 @@ class Trainer:
             step_started = time.perf_counter()
             batch = make_batch(
                 counts,
-                data.observed,
+                data.observed_of(indices),
                 None if conditions is None else conditions[indices],
                 self.device,
             )

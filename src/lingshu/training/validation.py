@@ -56,7 +56,7 @@ class ValidationSet:
         tokens = torch.from_numpy(encode_counts(data.rows(rows)))
         return cls(
             tokens=tokens,
-            observed=torch.from_numpy(data.observed),
+            observed=torch.from_numpy(np.ascontiguousarray(data.observed_of(rows))),
             conditions=None if conditions is None else torch.from_numpy(conditions[rows]).long(),
             draws=mask_draws(len(rows), tokens.shape[1], seed),
         )
