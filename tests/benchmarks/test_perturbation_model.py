@@ -69,3 +69,48 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
     predicted = ad.read_h5ad(out / "predictions" / "lingshu.h5ad")
     assert predicted.uns["lingshu"]["guidance"] == 2.0 and predicted.uns["lingshu"]["n_steps"] == 3
     assert list(predicted.var_names) == [f"g{i}" for i in range(predicted.n_vars)]
+
+
+def test_a_pretrained_model_runs_beside_the_same_architecture_trained_from_scratch(
+    toy_perturbation_task, tmp_path
+):
+    pytest.importorskip(
+        "cell_eval", reason="needs the perturbation extra: pip install 'lingshu-cell[perturbation]'"
+    )
+    from lingshu.training.run import train
+
+    split = tmp_path / "toy.json"
+    split.write_text(json.dumps(toy_perturbation_task[0]))
+    cells = ad.read_h5ad(toy_perturbation_task[0]["file"])
+    # Pretrained without labels (the cpu architecture), on the toy file's genes.
+    train(
+        cells,
+        tmp_path / "pre",
+        preset="cpu",
+        train_overrides={"max_steps": 2, "batch_size": 16},
+        progress=False,
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["benchmark", "perturbation", "--split", str(split), "--methods", "lingshu,control"]
+        + ["--max-steps", "2", "--batch-size", "16", "--no-plots", "--out", str(out)]
+        + ["--pretrained", str(tmp_path / "pre")],
+    )
+    assert result.exit_code == 0, result.output
+    kinds = dict(pd.read_csv(out / "metrics.csv")[["method", "kind"]].drop_duplicates().values)
+    assert kinds["lingshu"] == kinds["lingshu pretrained"] == "model"
+    assert (
+        kinds["lingshu priors alone (network off)"]
+        == kinds["lingshu pretrained priors alone (network off)"]
+        == "priors"
+    )
+    fresh, tuned = load_checkpoint(out / "model"), load_checkpoint(out / "model_pretrained")
+    # Both take the pretrained architecture (not --preset small's transformer); only one its weights.
+    assert fresh.model_config.encoder == tuned.model_config.encoder == "cell_mlp"
+    # Without --preset both also train on the pretrained model's schedule (the cpu preset's
+    # per-gene learning-rate scale, not small's), under the command line's steps and batch.
+    assert fresh.train_config.gene_lr_scale == tuned.train_config.gene_lr_scale == 0.05
+    assert fresh.step == tuned.step == 2 and fresh.train_config.batch_size == 16
+    report = (out / "report.md").read_text()
+    assert "**Verdict, `lingshu pretrained`**" in report and "**Verdict, `lingshu`**" in report

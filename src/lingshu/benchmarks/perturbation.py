@@ -229,6 +229,8 @@ def model_settings(provenance: dict) -> str:
             + ("the context's average perturbation shift and " if averaged else "")
             + "the prior injection"
         )
+    if provenance.get("chosen_on"):
+        text += f"; guidance and prior chosen on {provenance['chosen_on']}"
     if provenance.get("model_priors"):
         text += f"; model tables: {provenance['model_priors']}"
     return text

@@ -19,11 +19,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lingshu.config import get_preset
+from lingshu.benchmarks.guidance_choice import (
+    MAX_PREDICTED_CELLS,
+    sweep_settings,
+    validation_pairs,
+    validation_task,
+)
+from lingshu.config import config_to_dict, get_preset
 from lingshu.data.perturbation_splits import PerturbationSplit
+from lingshu.data.writing import atomic_path
 from lingshu.evaluation.perturbation_baselines import CellRequest
 from lingshu.inference.predict import Request, predict
 from lingshu.training.checkpoint import Checkpoint, load_checkpoint
+from lingshu.training.init_from import architecture_of
 from lingshu.training.run import data_fingerprint, train
 
 
@@ -32,8 +40,12 @@ class LingshuPredictor:
     """Train (or reuse a checkpoint trained on the same cells) and predict held-out requests.
 
     ``model_dir`` keeps the checkpoint, so that ablations of sampling settings (guidance, prior,
-    steps) reuse one trained model. ``guidance`` / ``use_prior`` None take the defaults of the
-    split's perturbation kind (genetic: w = 2 with the prior; cytokine: w = 3 without).
+    steps) reuse one trained model. ``guidance`` None: the guidance (and, with ``use_prior``
+    None for a genetic split, the prior injection) is chosen on a validation block of the
+    training pairs (:mod:`lingshu.benchmarks.guidance_choice`; the sweep is kept in
+    ``<model_dir>_guidance_sweep.csv``, that model in ``<model_dir>_validation``), or where
+    the training data offer no such block, the defaults of the split's kind (genetic: w = 2
+    with the prior; cytokine: w = 3 without).
     """
 
     model_dir: Path
@@ -51,6 +63,8 @@ class LingshuPredictor:
     unseen: str = "average"
     # False: the same checkpoint with its network switched off (the "priors alone" row).
     network: bool = True
+    # A pretrained checkpoint to fine-tune from (``lingshu train --init-from``), or None.
+    init_from: Path | None = None
 
     @property
     def kind(self) -> str:
@@ -77,25 +91,88 @@ class LingshuPredictor:
             control_label=split.control_label,
             perturbation_kind=split.perturbation_kind,
             depth_bins=self.depth_bins,
+            init_from=self.init_from,
         )
+
+    def chosen_settings(
+        self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int
+    ) -> tuple[float | None, bool | None, pd.DataFrame | None]:
+        """(guidance, prior injection, the sweep they were chosen from or None): as given, else
+        chosen on a validation block (read back from ``model_dir`` when already swept there)."""
+        if self.guidance is not None:
+            return self.guidance, self.use_prior, None
+        # Beside the checkpoint directory, which each save replaces whole.
+        sweep_file = Path(self.model_dir).with_name(Path(self.model_dir).name + SWEEP_SUFFIX)
+        if sweep_file.exists():
+            table = pd.read_csv(sweep_file)
+        elif not self.network:
+            return None, self.use_prior, None  # the priors alone never choose: the model does
+        else:
+            pairs = validation_pairs(train_cells, split, seed)
+            if not pairs:
+                return None, self.use_prior, None
+            fit_cells, block, val_split = validation_task(train_cells, split, pairs)
+            validation_dir = Path(self.model_dir).with_name(Path(self.model_dir).name + VALIDATION_SUFFIX)
+            checkpoint = replace(self, model_dir=validation_dir).checkpoint(fit_cells, val_split, seed)
+            sizes = block.obs.groupby([split.context_key, split.perturbation_key], observed=True).size()
+            requests = [
+                Request(str(c), str(p), min(int(n), MAX_PREDICTED_CELLS)) for (c, p), n in sizes.items() if n
+            ]
+            genetic = split.perturbation_kind == "genetic"
+            priors = (
+                (self.use_prior,) if self.use_prior is not None else ((True, False) if genetic else (False,))
+            )
+
+            def predict_block(w: float, prior: bool) -> ad.AnnData:
+                cells = predict(
+                    checkpoint,
+                    requests,
+                    n_steps=self.n_steps,
+                    guidance=w,
+                    use_prior=prior,
+                    seed=seed,
+                    device=self.device or "cpu",
+                    progress=False,
+                    unseen=self.unseen,
+                )
+                return on_genes(cells, fit_cells.var_names)
+
+            table = sweep_settings(predict_block, block, fit_cells, val_split, priors)
+            table.insert(0, "validation_pairs", "; ".join(f"{p.context} {p.perturbation}" for p in pairs))
+            with atomic_path(sweep_file) as tmp:
+                table.to_csv(tmp, index=False)
+        best = table.iloc[0]
+        return float(best["guidance"]), bool(best["prior"]), table
 
     def __call__(
         self, train_cells: ad.AnnData, split: PerturbationSplit, requests: Sequence[CellRequest], seed: int
     ) -> ad.AnnData:
+        guidance, use_prior, sweep = self.chosen_settings(train_cells, split, seed)
         checkpoint = self.checkpoint(train_cells, split, seed)
         predicted = predict(
             checkpoint,
             [Request(r.context, r.perturbation, r.n_cells) for r in requests],
             n_steps=self.n_steps,
-            guidance=self.guidance,
-            use_prior=self.use_prior,
+            guidance=guidance,
+            use_prior=use_prior,
             seed=seed,
             device=self.device or "cpu",
             progress=self.progress,
             unseen=self.unseen,
             network=self.network,
         )
+        if sweep is not None:
+            predicted.uns["lingshu"]["chosen_on"] = sweep_summary(sweep)
         return on_genes(predicted, train_cells.var_names)
+
+
+def sweep_summary(sweep: pd.DataFrame) -> str:
+    """One line: the validation pairs and each setting's Pearson-delta there, best first."""
+    settings = ", ".join(
+        f"w={row.guidance:g} prior {'on' if row.prior else 'off'} {row.pearson_delta:.3f}"
+        for row in sweep.itertuples()
+    )
+    return f"validation pairs {sweep['validation_pairs'].iloc[0]}: Pearson-delta {settings}"
 
 
 def on_genes(predicted: ad.AnnData, genes: pd.Index) -> ad.AnnData:
@@ -114,8 +191,39 @@ def on_genes(predicted: ad.AnnData, genes: pd.Index) -> ad.AnnData:
     return out
 
 
+# Beside a model's directory: the sweep its settings were chosen from, and the model trained
+# without the validation block.
+SWEEP_SUFFIX, VALIDATION_SUFFIX = "_guidance_sweep.csv", "_validation"
 MODEL_METHOD = "lingshu"
+PRETRAINED_METHOD = "lingshu pretrained"
+# Training settings of a pretrained checkpoint that are about its own data, not its schedule.
+NOT_SCHEDULE = ("seed", "max_control_fraction", "state_prior_components", "state_prior_first_fraction")
 PRIORS_SUFFIX = " priors alone (network off)"
+
+
+def with_pretraining(
+    base: LingshuPredictor, pretrained: Path, model_root: Path, own_schedule: bool = False
+) -> dict[str, LingshuPredictor]:
+    """The model with and without pretraining, alike in all else: the one fine-tuned from
+    ``pretrained`` (:data:`PRETRAINED_METHOD`) and one trained from scratch with the same
+    architecture (:data:`MODEL_METHOD`; the pretrained one's, whatever ``base.preset`` says).
+    ``own_schedule``: both train with the pretrained model's schedule (learning rates, batch,
+    steps, validation slice) instead of ``base.preset``'s; ``base.train_overrides`` win either way."""
+    checkpoint = load_checkpoint(Path(pretrained))
+    schedule = {}
+    if own_schedule:
+        schedule = {k: v for k, v in config_to_dict(checkpoint.train_config).items() if k not in NOT_SCHEDULE}
+    overrides = {**schedule, **base.train_overrides}
+    architecture = {**architecture_of(checkpoint), **base.model_overrides}
+    return {
+        MODEL_METHOD: replace(base, model_overrides=architecture, train_overrides=overrides),
+        PRETRAINED_METHOD: replace(
+            base,
+            model_dir=Path(model_root) / "model_pretrained",
+            init_from=Path(pretrained),
+            train_overrides=overrides,
+        ),
+    }
 
 
 def with_priors_alone(methods: dict[str, object]) -> dict[str, object]:

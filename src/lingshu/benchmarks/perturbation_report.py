@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lingshu.benchmarks.perturbation_seeds import ADDITIVE, priors_row
+from lingshu.data.perturbation_splits import NULL_EFFECT_SUFFIX
 from lingshu.data.writing import atomic_write_text
 from lingshu.evaluation.embedding import fit_pca, subsample_index
 from lingshu.evaluation.perturbation_scoring import METRICS
@@ -217,7 +218,7 @@ def write_report(result: PerturbationBenchmarkResult) -> Path:
         lines += [f"## {block}", "", markdown_table(table, index=False), ""]
         verdicts = verdict_lines(result.metrics[result.metrics["block"] == block])
         lines += [*verdicts, ""] if verdicts else []
-        if block.endswith("(null effect)"):
+        if block.endswith(NULL_EFFECT_SUFFIX):
             lines += [
                 "This block is reported separately: its real held-out cells have (almost) no significant "
                 "DE genes, so the DE metrics carry no signal and Pearson-delta mostly correlates noise.",

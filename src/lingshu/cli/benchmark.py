@@ -304,7 +304,12 @@ def perturbation(
         "its priors alone, the same checkpoint with the network off, always run beside it) and "
         "the baselines control, perturbation_mean, additive_shift.",
     ),
-    preset: str = typer.Option("small", "--preset", help="The model's preset (tiny, small, paper)."),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="The model's preset (tiny, small, cpu, paper; default small). With --pretrained only "
+        "its training schedule counts (default: the pretrained model's own schedule).",
+    ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="The model's training steps."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="The model's batch in cells."),
     control_fraction: float | None = typer.Option(
@@ -323,16 +328,30 @@ def perturbation(
     ),
     sampling_steps: int = typer.Option(3, "--sampling-steps", help="Unmasking steps per prediction."),
     guidance: float | None = typer.Option(
-        None, "--guidance", help="CFG w (default: 2 genetic, 3 cytokine; the split's kind)."
+        None,
+        "--guidance",
+        help="CFG w. Default: chosen with the prior injection on a validation block of training "
+        "pairs held back like the held-out ones (w in 0, 1, 2, 3; the sweep is in "
+        "model_guidance_sweep.csv), else 2 genetic / 3 cytokine where the data offer no block.",
     ),
     prior: bool | None = typer.Option(
-        None, "--prior/--no-prior", help="Prior injection (default: on for genetic perturbations)."
+        None,
+        "--prior/--no-prior",
+        help="Prior injection (default: chosen with the guidance for genetic perturbations; "
+        "never for cytokines).",
     ),
     unseen: str = typer.Option(
         "average",
         "--unseen",
         help="A held-out target the model has no token for: 'average' (the context's average "
         "perturbation shift plus the prior injection) or 'control' (the injection alone).",
+    ),
+    pretrained: Path | None = typer.Option(
+        None,
+        "--pretrained",
+        help="A pretrained checkpoint (e.g. trained on `lingshu data pretraining-corpus`): the "
+        "model runs twice, fine-tuned from it ('lingshu pretrained') and from scratch with the "
+        "same architecture ('lingshu'), each beside its priors alone.",
     ),
     ablation: bool = typer.Option(
         False,
@@ -371,6 +390,7 @@ def perturbation(
         MODEL_METHOD,
         LingshuPredictor,
         ablation_methods,
+        with_pretraining,
         with_priors_alone,
     )
 
@@ -384,6 +404,8 @@ def perturbation(
 
     if unseen not in UNSEEN_FALLBACKS:
         raise ValueError(f"--unseen must be one of {', '.join(UNSEEN_FALLBACKS)}, got {unseen!r}")
+    if pretrained is not None and MODEL_METHOD not in names:
+        raise ValueError(f"--pretrained needs the model among --methods ({MODEL_METHOD})")
     if control_fraction is not None and not 0 < control_fraction <= 1:
         raise ValueError(f"--control-fraction must be in (0, 1], got {control_fraction}")
     from lingshu.benchmarks.seeds import parse_seeds
@@ -393,7 +415,7 @@ def perturbation(
     def run_once(run_out: Path, run_seed: int):
         model = LingshuPredictor(
             model_dir=run_out / "model",
-            preset=preset,
+            preset=preset or "small",
             train_overrides={
                 k: v
                 for k, v in {
@@ -411,9 +433,13 @@ def perturbation(
             device=device,
             unseen=unseen,
         )
-        chosen_methods = with_priors_alone(
-            {n: model if n == MODEL_METHOD else PERTURBATION_METHODS[n] for n in names}
-        )
+        models = {MODEL_METHOD: model}
+        if pretrained is not None:
+            models = with_pretraining(model, pretrained, run_out, own_schedule=preset is None)
+        chosen_methods = {}
+        for name in names:
+            chosen_methods.update(models if name == MODEL_METHOD else {name: PERTURBATION_METHODS[name]})
+        chosen_methods = with_priors_alone(chosen_methods)
         if ablation:
             chosen_methods.update(ablation_methods(run_out / "ablation_models", model))
         return run_perturbation_benchmark(

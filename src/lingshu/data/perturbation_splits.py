@@ -22,6 +22,8 @@ from lingshu.data.paths import DATASETS, data_dir, dataset_path
 from lingshu.data.splits import SPLITS_DIR
 
 SPLIT_KIND = "perturbation"
+# A block whose name ends so holds pairs with (almost) no real DE: reported apart, never tuned on.
+NULL_EFFECT_SUFFIX = "(null effect)"
 DEFAULT_BLOCK = "held out"
 REQUIRED_FIELDS = ("dataset", "context_key", "perturbation_key", "control_label", "held_out")
 
