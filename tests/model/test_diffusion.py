@@ -57,6 +57,40 @@ def test_loss_scores_only_masked_observed_genes_weighted_by_one_over_t():
     assert torch.equal(out.loss, again.loss)
 
 
+@pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
+def test_a_tilted_model_with_tilts_scores_its_masked_genes_as_the_full_logits_do(encoder):
+    """The tilted head with a shift prior computes logits at the masked positions only; the
+    loss must equal the cross-entropy of every position's logits, masked ones weighted."""
+    model = _model(
+        n_condition_tokens=3,
+        n_condition_slots=1,
+        perturbation_column=0,
+        perturbation_width=1,
+        n_perturbation_labels=3,
+        head="tilted",
+        encoder=encoder,
+        patch_size=1 if encoder == "cell_mlp" else 4,
+    )
+    model.init_perturbation_tilt(
+        torch.tensor([0.0, 1.0, -1.0])[None, :, None].expand(1, 3, 30),
+        torch.arange(281.0).clamp(max=5).expand(30, 281),
+    )
+    tokens = torch.randint(0, 20, (4, 30))
+    conditions = torch.tensor([[0], [1], [2], [1]])
+    observed = torch.ones(4, 30, dtype=torch.bool)
+    observed[0, :5] = False  # a cell of another gene panel
+    t = torch.tensor([0.2, 0.5, 0.7, 0.9])
+    draws = torch.rand(4, 30, generator=torch.Generator().manual_seed(1))
+    out = masked_diffusion_loss(model, tokens, observed, torch.Generator(), conditions, t=t, draws=draws)
+
+    masked = (draws < t[:, None]) & observed
+    inputs = torch.where(masked | ~observed, MASK_TOKEN, tokens)
+    with torch.no_grad():
+        nll = F.cross_entropy(model(inputs, conditions).transpose(1, 2), tokens, reduction="none")
+    expected = ((nll * masked).sum(1) / (t * observed.sum(1))).mean()
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_loss_is_zero_when_nothing_is_masked():
     model = _model()
     tokens = torch.randint(0, 20, (2, 30))

@@ -88,9 +88,10 @@ def masked_loss_and_mask(
     context, tilt = model.context_index(conditions), model.tilt(conditions)
     depth = model.depth_index(conditions)
     # The tilted head over the token (and context) tables has a cheap exact NLL: score pairs,
-    # not (B, G, 281).
+    # not (B, G, 281). With tilts it needs each position's 281 logits, but only the masked
+    # positions': the head reads no other gene's logits (the categorical head's matmuls do).
     pairwise = model.tilted and tilt is None and depth is None
-    if scored_genes > 0 or pairwise:
+    if scored_genes > 0 or model.tilted:
         rate = (scored_genes / (t * n_observed)).clamp(max=1.0) if scored_genes > 0 else torch.ones_like(t)
         cells, genes = ((draws < (t * rate)[:, None]) & observed).nonzero(as_tuple=True)
         if pairwise:
