@@ -57,24 +57,29 @@ def test_loss_scores_only_masked_observed_genes_weighted_by_one_over_t():
     assert torch.equal(out.loss, again.loss)
 
 
-@pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
-def test_a_tilted_model_with_tilts_scores_its_masked_genes_as_the_full_logits_do(encoder):
-    """The tilted head with a shift prior computes logits at the masked positions only; the
-    loss must equal the cross-entropy of every position's logits, masked ones weighted."""
+def _shift_prior_model(**config) -> MaskPredictor:
+    """A 30-gene model with one perturbation slot of 3 labels (0 = control) and shift-prior
+    tilts 0, +1 and -1 on every gene."""
     model = _model(
         n_condition_tokens=3,
         n_condition_slots=1,
         perturbation_column=0,
         perturbation_width=1,
         n_perturbation_labels=3,
-        head="tilted",
-        encoder=encoder,
-        patch_size=1 if encoder == "cell_mlp" else 4,
+        **config,
     )
     model.init_perturbation_tilt(
         torch.tensor([0.0, 1.0, -1.0])[None, :, None].expand(1, 3, 30),
         torch.arange(281.0).clamp(max=5).expand(30, 281),
     )
+    return model
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "cell_mlp"])
+def test_a_tilted_model_with_tilts_scores_its_masked_genes_as_the_full_logits_do(encoder):
+    """The tilted head with a shift prior computes logits at the masked positions only; the
+    loss must equal the cross-entropy of every position's logits, masked ones weighted."""
+    model = _shift_prior_model(head="tilted", encoder=encoder, patch_size=1 if encoder == "cell_mlp" else 4)
     tokens = torch.randint(0, 20, (4, 30))
     conditions = torch.tensor([[0], [1], [2], [1]])
     observed = torch.ones(4, 30, dtype=torch.bool)
@@ -178,19 +183,9 @@ def test_categorical_sampler_matches_the_softmax_frequencies():
 def test_guidance_amplifies_the_network_but_adds_the_shift_prior_once():
     """With the network's output zeroed, conditional and control logits differ only by the
     perturbation tilt; guidance must then change nothing (w = 2 samples = w = 0 samples)."""
-    model = _model(
-        n_condition_tokens=3,
-        n_condition_slots=1,
-        perturbation_column=0,
-        perturbation_width=1,
-        n_perturbation_labels=3,
-    )
+    model = _shift_prior_model()
     with torch.no_grad():
         model.head.weight.zero_()
-    model.init_perturbation_tilt(
-        torch.tensor([0.0, 1.0, -1.0])[None, :, None].expand(1, 3, 30),
-        torch.arange(281.0).clamp(max=5).expand(30, 281),
-    )
     cond, ctrl = torch.tensor([[1], [2]]), torch.tensor([[0], [0]])
     tokens = torch.full((2, 30), MASK_TOKEN)
     hidden = model.encode(tokens, cond)
