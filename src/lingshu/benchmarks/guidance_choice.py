@@ -116,23 +116,26 @@ def sweep_settings(
 ) -> pd.DataFrame:
     """Pearson-delta on each validation pair of ``predict_block(w, prior)`` for every setting;
     one row per setting with the mean over pairs, best first (ties: the smaller w)."""
-    contexts = block.obs[split.context_key].astype(str).to_numpy()
-    labels = block.obs[split.perturbation_key].astype(str).to_numpy()
+
+    def cells_of(cells: ad.AnnData, context: str, label: str) -> ad.AnnData:
+        keep = (cells.obs[split.context_key].astype(str) == context) & (
+            cells.obs[split.perturbation_key].astype(str) == label
+        )
+        return cells[keep.to_numpy()]
+
+    # Each pair's real cells and controls, selected once for every setting.
+    pairs = [
+        (p, cells_of(block, p.context, p.perturbation), cells_of(train, p.context, split.control_label))
+        for p in split.held_out
+    ]
     records = []
     for prior in prior_options:
         for w in grid:
             predicted = predict_block(float(w), bool(prior))
-            p_contexts = predicted.obs[split.context_key].astype(str).to_numpy()
-            p_labels = predicted.obs[split.perturbation_key].astype(str).to_numpy()
-            scores = []
-            for pair in split.held_out:
-                controls = train[
-                    (train.obs[split.context_key].astype(str) == pair.context).to_numpy()
-                    & (train.obs[split.perturbation_key].astype(str) == split.control_label).to_numpy()
-                ]
-                real = block[(contexts == pair.context) & (labels == pair.perturbation)]
-                mine = predicted[(p_contexts == pair.context) & (p_labels == pair.perturbation)]
-                scores.append(pearson_delta(mine, real, controls))
+            scores = [
+                pearson_delta(cells_of(predicted, p.context, p.perturbation), real, controls)
+                for p, real, controls in pairs
+            ]
             records.append(
                 {"guidance": float(w), "prior": bool(prior), "pearson_delta": float(np.mean(scores))}
             )

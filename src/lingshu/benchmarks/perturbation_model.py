@@ -26,7 +26,7 @@ from lingshu.benchmarks.guidance_choice import (
     validation_task,
 )
 from lingshu.config import config_to_dict, get_preset
-from lingshu.data.perturbation_splits import PerturbationSplit
+from lingshu.data.perturbation_splits import HeldOutPair, PerturbationSplit
 from lingshu.data.writing import atomic_path
 from lingshu.evaluation.perturbation_baselines import CellRequest
 from lingshu.inference.predict import Request, predict
@@ -111,38 +111,46 @@ class LingshuPredictor:
             pairs = validation_pairs(train_cells, split, seed)
             if not pairs:
                 return None, self.use_prior, None
-            fit_cells, block, val_split = validation_task(train_cells, split, pairs)
-            validation_dir = Path(self.model_dir).with_name(Path(self.model_dir).name + VALIDATION_SUFFIX)
-            checkpoint = replace(self, model_dir=validation_dir).checkpoint(fit_cells, val_split, seed)
-            sizes = block.obs.groupby([split.context_key, split.perturbation_key], observed=True).size()
-            requests = [
-                Request(str(c), str(p), min(int(n), MAX_PREDICTED_CELLS)) for (c, p), n in sizes.items() if n
-            ]
-            genetic = split.perturbation_kind == "genetic"
-            priors = (
-                (self.use_prior,) if self.use_prior is not None else ((True, False) if genetic else (False,))
-            )
-
-            def predict_block(w: float, prior: bool) -> ad.AnnData:
-                cells = predict(
-                    checkpoint,
-                    requests,
-                    n_steps=self.n_steps,
-                    guidance=w,
-                    use_prior=prior,
-                    seed=seed,
-                    device=self.device or "cpu",
-                    progress=False,
-                    unseen=self.unseen,
-                )
-                return on_genes(cells, fit_cells.var_names)
-
-            table = sweep_settings(predict_block, block, fit_cells, val_split, priors)
-            table.insert(0, "validation_pairs", "; ".join(f"{p.context} {p.perturbation}" for p in pairs))
+            table = self._sweep(train_cells, split, seed, pairs)
             with atomic_path(sweep_file) as tmp:
                 table.to_csv(tmp, index=False)
         best = table.iloc[0]
         return float(best["guidance"]), bool(best["prior"]), table
+
+    def _sweep(
+        self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int, pairs: Sequence[HeldOutPair]
+    ) -> pd.DataFrame:
+        """Train without the validation ``pairs`` (in ``<model_dir>_validation``), predict them at
+        every setting and return the sweep, best first."""
+        fit_cells, block, val_split = validation_task(train_cells, split, pairs)
+        validation_dir = Path(self.model_dir).with_name(Path(self.model_dir).name + VALIDATION_SUFFIX)
+        checkpoint = replace(self, model_dir=validation_dir).checkpoint(fit_cells, val_split, seed)
+        sizes = block.obs.groupby([split.context_key, split.perturbation_key], observed=True).size()
+        requests = [
+            Request(str(c), str(p), min(int(n), MAX_PREDICTED_CELLS)) for (c, p), n in sizes.items() if n
+        ]
+        if self.use_prior is not None:
+            priors = (self.use_prior,)
+        else:
+            priors = (True, False) if split.perturbation_kind == "genetic" else (False,)
+
+        def predict_block(w: float, prior: bool) -> ad.AnnData:
+            cells = predict(
+                checkpoint,
+                requests,
+                n_steps=self.n_steps,
+                guidance=w,
+                use_prior=prior,
+                seed=seed,
+                device=self.device or "cpu",
+                progress=False,
+                unseen=self.unseen,
+            )
+            return on_genes(cells, fit_cells.var_names)
+
+        table = sweep_settings(predict_block, block, fit_cells, val_split, priors)
+        table.insert(0, "validation_pairs", "; ".join(f"{p.context} {p.perturbation}" for p in pairs))
+        return table
 
     def __call__(
         self, train_cells: ad.AnnData, split: PerturbationSplit, requests: Sequence[CellRequest], seed: int

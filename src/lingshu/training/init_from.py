@@ -67,12 +67,9 @@ def fine_tuning_vocabulary(pretrained: Checkpoint, adata: ad.AnnData, min_cells:
     it lacks, matched by symbol (then Ensembl id where both have one)."""
     known = pretrained.vocabulary
     here = GeneVocabulary.from_adata(adata, min_cells=min_cells)
-    symbols, ids_known = set(known.genes), set(known.ensembl_ids or [])
-    extra = [
-        i
-        for i, gene in enumerate(here.genes)
-        if gene not in symbols and not (here.ensembl_ids and here.ensembl_ids[i] in ids_known)
-    ]
+    # The file's genes the vocabulary lacks, matched as training matches them (symbol, then id).
+    unmatched = set(known.align(adata).extra_genes)
+    extra = [i for i, gene in enumerate(here.genes) if gene in unmatched]
     ids = None
     if known.ensembl_ids is not None and here.ensembl_ids is not None:
         ids = list(known.ensembl_ids) + [here.ensembl_ids[i] for i in extra]
