@@ -274,8 +274,18 @@ class TrainConfig:
     # (lingshu.model.state_prior). 0: none. Only for cell_mlp models without conditions.
     state_prior_components: int = 0
     state_prior_first_fraction: float = 0.1
+    # Stop at this step (0: at max_steps) with the learning-rate schedule still that of max_steps:
+    # the weights a full run has at that step (a training length chosen on validation).
+    stop_step: int = 0
+
+    @property
+    def last_step(self) -> int:
+        """The step training ends at: ``stop_step`` where set, else ``max_steps``."""
+        return self.stop_step or self.max_steps
 
     def __post_init__(self) -> None:
+        if not 0 <= self.stop_step <= self.max_steps:
+            raise ValueError(f"stop_step must be in [0, max_steps={self.max_steps}], got {self.stop_step}")
         if self.state_prior_components < 0:
             raise ValueError(f"state_prior_components must be >= 0, got {self.state_prior_components}")
         if not 0 < self.state_prior_first_fraction <= 1:

@@ -117,23 +117,31 @@ def test_the_model_predicts_with_the_settings_its_validation_block_chose(tmp_pat
     )
     held = (cells.obs["cell_line"] == "ctxB").to_numpy() & (cells.obs["perturbation"] == "KO1").to_numpy()
     train = cells[~held].copy()
-    model = LingshuPredictor(
-        tmp_path / "model", preset="tiny", train_overrides={"max_steps": 3, "batch_size": 16}, progress=False
-    )
+    schedule = {"max_steps": 6, "checkpoint_every": 3, "batch_size": 16}
+    model = LingshuPredictor(tmp_path / "model", preset="tiny", train_overrides=schedule, progress=False)
     predicted = model(train, split, [CellRequest("ctxB", "KO1", 5)], seed=0)
     sweep = pd.read_csv(tmp_path / "model_guidance_sweep.csv")
-    # KO1 is seen in ctxA only, so the block is ctxB's other single target; 4 w x prior on/off.
-    assert set(sweep["validation_pairs"]) == {"ctxB KO2"} and len(sweep) == 8
+    # KO1 is seen in ctxA only, so the block is ctxB's other single target; at each of the
+    # validation model's checkpoints (steps 3 and 6), 4 w x prior on/off.
+    assert set(sweep["validation_pairs"]) == {"ctxB KO2"} and len(sweep) == 16
+    assert sorted(set(sweep["step"])) == [3, 6]
+    assert list(sweep["pearson_delta"]) == sorted(sweep["pearson_delta"], reverse=True)
     best = sweep.iloc[0]
     provenance = predicted.uns["lingshu"]
     assert provenance["guidance"] == best["guidance"] and bool(provenance["prior"]) == bool(best["prior"])
-    assert provenance["chosen_on"].startswith("validation pairs ctxB KO2: Pearson-delta w=")
-    # The validation model never saw the block; the final model saw every training cell.
+    assert provenance["chosen_on"].startswith(
+        f"validation pairs ctxB KO2: Pearson-delta step {best['step']} w="
+    )
+    # The validation model never saw the block; the final model saw every training cell and
+    # stopped at the step chosen, on the 6-step schedule.
     from lingshu.training.checkpoint import load_checkpoint
     from lingshu.training.run import data_fingerprint
 
-    assert load_checkpoint(tmp_path / "model").data_fingerprint == data_fingerprint(train)
-    assert load_checkpoint(tmp_path / "model_validation").data_fingerprint != data_fingerprint(train)
+    final = load_checkpoint(tmp_path / "model")
+    assert final.data_fingerprint == data_fingerprint(train) and final.step == best["step"]
+    assert final.train_config.max_steps == 6
+    validation = load_checkpoint(tmp_path / "model_validation")
+    assert validation.data_fingerprint != data_fingerprint(train) and validation.step == 6
     # The priors alone (same directory) read the model's choice; a given w is used as given.
     off = replace(model, network=False)(train, split, [CellRequest("ctxB", "KO1", 5)], seed=0)
     assert off.uns["lingshu"]["guidance"] == best["guidance"]

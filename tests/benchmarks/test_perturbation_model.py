@@ -42,20 +42,24 @@ def test_the_model_runs_through_the_perturbation_benchmark_with_its_ablation(toy
     table = pd.read_csv(out / "metrics.csv")
     methods = set(table["method"])
     assert {"lingshu", "control", "lingshu S=8 w=0", "lingshu S=1 w=2", "lingshu S=8 w=2 no prior"} <= methods
-    assert "lingshu S=8 w=2 no shift prior" in methods
+    assert {"lingshu S=8 no shift prior", "lingshu S=8 tilts summed"} <= methods
     kinds = dict(zip(table["method"], table["kind"], strict=False))
     # The priors alone run beside the model only (not beside each ablation variant).
     assert [m for m, k in kinds.items() if k == "priors"] == ["lingshu priors alone (network off)"]
     assert {k for m, k in kinds.items() if m.startswith("lingshu") and "priors alone" not in m} == {"model"}
     # The ablation's reference S (the tiny preset's 8) reuses the main model; S=1 and 32 train their
-    # own, and so does the model without the shift prior.
+    # own, and so do the model without the shift prior and the one that sums a double's tilts.
     assert sorted(p.name for p in (out / "ablation_models").iterdir()) == [
         "model_S1",
         "model_S32",
         "model_no_shift_prior",
+        "model_tilts_summed",
     ]
     without = load_checkpoint(out / "ablation_models" / "model_no_shift_prior").model_config
     assert not without.perturbation_prior and load_checkpoint(out / "model").model_config.perturbation_prior
+    summed = load_checkpoint(out / "ablation_models" / "model_tilts_summed").model_config
+    assert summed.combination_rule == "tilts"
+    assert load_checkpoint(out / "model").model_config.combination_rule == "log means"
     report = (out / "report.md").read_text()
     assert (
         "## Model settings" in report
@@ -114,3 +118,19 @@ def test_a_pretrained_model_runs_beside_the_same_architecture_trained_from_scrat
     assert fresh.step == tuned.step == 2 and fresh.train_config.batch_size == 16
     report = (out / "report.md").read_text()
     assert "**Verdict, `lingshu pretrained`**" in report and "**Verdict, `lingshu`**" in report
+
+
+def test_a_cell_mlp_ablation_has_no_compression_variants_and_skips_the_rule_without_doubles(tmp_path):
+    from lingshu.benchmarks.perturbation_model import LingshuPredictor, ablation_methods
+
+    base = LingshuPredictor(model_dir=tmp_path / "model", preset="cpu")
+    methods = ablation_methods(tmp_path / "ablation", base, combinations=False)
+    assert sorted(methods) == sorted(
+        ["lingshu w=0", "lingshu w=1", "lingshu w=2", "lingshu w=3", "lingshu w=2 no prior"]
+        + ["lingshu no shift prior"]
+    )
+    # Every guidance variant samples the base model; the model without the shift prior trains its own.
+    assert {m.model_dir for name, m in methods.items() if name.startswith("lingshu w=")} == {base.model_dir}
+    assert methods["lingshu no shift prior"].model_overrides == {"perturbation_prior": False}
+    with_doubles = ablation_methods(tmp_path / "ablation", base)
+    assert with_doubles["lingshu tilts summed"].model_overrides == {"combine_log_means": False}

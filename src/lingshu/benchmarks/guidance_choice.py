@@ -3,9 +3,11 @@
 The guidance weight w (and, for genetic perturbations, whether the prior injection is used) is
 not a constant per perturbation kind: a model is trained on the training cells minus a block of
 (context, perturbation) pairs held back *like the split's held-out pairs*, predicts that block
-under every setting of a small grid, and the setting with the best Pearson-delta there is the
-one the final model (trained on every training cell) predicts the held-out pairs with. The
-held-out cells are never looked at.
+under every setting of a small grid at each of its checkpoints, and the step and setting with the
+best Pearson-delta there are the ones the final model (trained on every training cell, stopped
+at that step of the same schedule) predicts the held-out pairs with
+(:class:`lingshu.benchmarks.perturbation_model.LingshuPredictor`). The held-out cells are never
+looked at.
 
 How the block mirrors the task: where a held-out label is seen in other training contexts (a
 cytokine in an unseen cell type, a target in a new cell line), the block is that label in other

@@ -25,7 +25,7 @@ from lingshu.benchmarks.guidance_choice import (
     validation_pairs,
     validation_task,
 )
-from lingshu.config import config_to_dict, get_preset
+from lingshu.config import TrainConfig, config_to_dict, get_preset
 from lingshu.data.perturbation_splits import HeldOutPair, PerturbationSplit
 from lingshu.data.writing import atomic_path
 from lingshu.evaluation.perturbation_baselines import CellRequest
@@ -49,7 +49,7 @@ class LingshuPredictor:
     """
 
     model_dir: Path
-    preset: str = "small"
+    preset: str = "cpu"
     train_overrides: dict = field(default_factory=dict)
     model_overrides: dict = field(default_factory=dict)
     depth_bins: int = 0
@@ -71,60 +71,83 @@ class LingshuPredictor:
         """How reports list this method: the model, or its priors alone."""
         return "model" if self.network else "priors"
 
-    def checkpoint(self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int) -> Checkpoint:
-        """The trained model for these cells: loaded when ``model_dir`` already holds it."""
+    def checkpoint(
+        self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int, stop_step: int = 0
+    ) -> Checkpoint:
+        """The trained model for these cells: loaded when ``model_dir`` already holds it, trained
+        on from it when it stops short of ``stop_step`` (0: the schedule's end, or whatever step
+        an existing model has; else the weights at that step of the full schedule)."""
         directory = Path(self.model_dir)
+        resume = False
         if (directory / "manifest.json").exists():
             existing = load_checkpoint(directory)
-            if existing.data_fingerprint == data_fingerprint(train_cells):
+            if existing.data_fingerprint != data_fingerprint(train_cells):
+                raise ValueError(
+                    f"{directory} holds a model trained on other cells; remove it or pick another"
+                )
+            if not stop_step or existing.step == stop_step:
                 return existing
-            raise ValueError(f"{directory} holds a model trained on other cells; remove it or pick another")
+            if existing.step > stop_step:
+                raise ValueError(
+                    f"{directory} holds a model trained {existing.step} steps, past the {stop_step} "
+                    "chosen on validation; remove it or pick another"
+                )
+            resume = True
         return train(
             train_cells,
             directory,
             preset=self.preset,
             model_overrides=self.model_overrides,
-            train_overrides={"seed": seed, **self.train_overrides},
+            train_overrides={"seed": seed, **self.train_overrides, "stop_step": stop_step},
             device=self.device,
             progress=self.progress,
             condition_keys={"source": split.context_key, "perturbation": split.perturbation_key},
             control_label=split.control_label,
             perturbation_kind=split.perturbation_kind,
             depth_bins=self.depth_bins,
-            init_from=self.init_from,
+            init_from=None if resume else self.init_from,
+            resume=resume,
         )
+
+    def schedule(self) -> TrainConfig:
+        """The training settings this method's models train with (preset and overrides)."""
+        return replace(get_preset(self.preset).train, **self.train_overrides)
 
     def chosen_settings(
         self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int
-    ) -> tuple[float | None, bool | None, pd.DataFrame | None]:
-        """(guidance, prior injection, the sweep they were chosen from or None): as given, else
-        chosen on a validation block (read back from ``model_dir`` when already swept there)."""
+    ) -> tuple[float | None, bool | None, int, pd.DataFrame | None]:
+        """(guidance, prior injection, training step (0: the schedule's end), the sweep they were
+        chosen from or None): as given, else chosen on a validation block (read back from
+        beside ``model_dir`` when already swept there)."""
         if self.guidance is not None:
-            return self.guidance, self.use_prior, None
+            return self.guidance, self.use_prior, 0, None
         # Beside the checkpoint directory, which each save replaces whole.
         sweep_file = Path(self.model_dir).with_name(Path(self.model_dir).name + SWEEP_SUFFIX)
         if sweep_file.exists():
             table = pd.read_csv(sweep_file)
         elif not self.network:
-            return None, self.use_prior, None  # the priors alone never choose: the model does
+            return None, self.use_prior, 0, None  # the priors alone never choose: the model does
         else:
             pairs = validation_pairs(train_cells, split, seed)
             if not pairs:
-                return None, self.use_prior, None
+                return None, self.use_prior, 0, None
             table = self._sweep(train_cells, split, seed, pairs)
             with atomic_path(sweep_file) as tmp:
                 table.to_csv(tmp, index=False)
         best = table.iloc[0]
-        return float(best["guidance"]), bool(best["prior"]), table
+        step = int(best["step"]) if "step" in table else 0  # sweeps written before steps were chosen
+        return float(best["guidance"]), bool(best["prior"]), step, table
 
     def _sweep(
         self, train_cells: ad.AnnData, split: PerturbationSplit, seed: int, pairs: Sequence[HeldOutPair]
     ) -> pd.DataFrame:
-        """Train without the validation ``pairs`` (in ``<model_dir>_validation``), predict them at
-        every setting and return the sweep, best first."""
+        """Train without the validation ``pairs`` (in ``<model_dir>_validation``), and at every
+        checkpoint of its schedule predict them under every sampling setting; return the sweep
+        over (step, setting), best first (ties: the earlier step, the smaller w)."""
         fit_cells, block, val_split = validation_task(train_cells, split, pairs)
-        validation_dir = Path(self.model_dir).with_name(Path(self.model_dir).name + VALIDATION_SUFFIX)
-        checkpoint = replace(self, model_dir=validation_dir).checkpoint(fit_cells, val_split, seed)
+        validation = replace(
+            self, model_dir=Path(self.model_dir).with_name(Path(self.model_dir).name + VALIDATION_SUFFIX)
+        )
         sizes = block.obs.groupby([split.context_key, split.perturbation_key], observed=True).size()
         requests = [
             Request(str(c), str(p), min(int(n), MAX_PREDICTED_CELLS)) for (c, p), n in sizes.items() if n
@@ -133,30 +156,39 @@ class LingshuPredictor:
             priors = (self.use_prior,)
         else:
             priors = (True, False) if split.perturbation_kind == "genetic" else (False,)
+        schedule = self.schedule()
+        every = schedule.val_every or schedule.checkpoint_every
+        tables = []
+        for stop in [*range(every, schedule.max_steps, every), schedule.max_steps]:
+            checkpoint = validation.checkpoint(fit_cells, val_split, seed, stop_step=stop)
 
-        def predict_block(w: float, prior: bool) -> ad.AnnData:
-            cells = predict(
-                checkpoint,
-                requests,
-                n_steps=self.n_steps,
-                guidance=w,
-                use_prior=prior,
-                seed=seed,
-                device=self.device or "cpu",
-                progress=False,
-                unseen=self.unseen,
-            )
-            return on_genes(cells, fit_cells.var_names)
+            def predict_block(w: float, prior: bool, checkpoint: Checkpoint = checkpoint) -> ad.AnnData:
+                cells = predict(
+                    checkpoint,
+                    requests,
+                    n_steps=self.n_steps,
+                    guidance=w,
+                    use_prior=prior,
+                    seed=seed,
+                    device=self.device or "cpu",
+                    progress=False,
+                    unseen=self.unseen,
+                )
+                return on_genes(cells, fit_cells.var_names)
 
-        table = sweep_settings(predict_block, block, fit_cells, val_split, priors)
+            table = sweep_settings(predict_block, block, fit_cells, val_split, priors)
+            tables.append(table.assign(step=stop))
+        table = pd.concat(tables, ignore_index=True).sort_values(
+            ["pearson_delta", "step", "guidance"], ascending=[False, True, True], kind="stable"
+        )
         table.insert(0, "validation_pairs", "; ".join(f"{p.context} {p.perturbation}" for p in pairs))
-        return table
+        return table.reset_index(drop=True)
 
     def __call__(
         self, train_cells: ad.AnnData, split: PerturbationSplit, requests: Sequence[CellRequest], seed: int
     ) -> ad.AnnData:
-        guidance, use_prior, sweep = self.chosen_settings(train_cells, split, seed)
-        checkpoint = self.checkpoint(train_cells, split, seed)
+        guidance, use_prior, step, sweep = self.chosen_settings(train_cells, split, seed)
+        checkpoint = self.checkpoint(train_cells, split, seed, stop_step=step)
         predicted = predict(
             checkpoint,
             [Request(r.context, r.perturbation, r.n_cells) for r in requests],
@@ -175,10 +207,11 @@ class LingshuPredictor:
 
 
 def sweep_summary(sweep: pd.DataFrame) -> str:
-    """One line: the validation pairs and each setting's Pearson-delta there, best first."""
+    """One line: the validation pairs and the best settings' Pearson-delta there, best first."""
     settings = ", ".join(
-        f"w={row.guidance:g} prior {'on' if row.prior else 'off'} {row.pearson_delta:.3f}"
-        for row in sweep.itertuples()
+        (f"step {row.step} " if "step" in sweep else "")
+        + f"w={row.guidance:g} prior {'on' if row.prior else 'off'} {row.pearson_delta:.3f}"
+        for row in sweep.head(SUMMARY_ROWS).itertuples()
     )
     return f"validation pairs {sweep['validation_pairs'].iloc[0]}: Pearson-delta {settings}"
 
@@ -203,6 +236,8 @@ def on_genes(predicted: ad.AnnData, genes: pd.Index) -> ad.AnnData:
 # without the validation block.
 SWEEP_SUFFIX, VALIDATION_SUFFIX = "_guidance_sweep.csv", "_validation"
 MODEL_METHOD = "lingshu"
+# Settings a report's one-line summary of a sweep lists (the whole sweep is in its CSV file).
+SUMMARY_ROWS = 8
 PRETRAINED_METHOD = "lingshu pretrained"
 # Training settings of a pretrained checkpoint that are about its own data, not its schedule.
 NOT_SCHEDULE = ("seed", "max_control_fraction", "state_prior_components", "state_prior_first_fraction")
@@ -251,11 +286,17 @@ def ablation_methods(
     base: LingshuPredictor,
     guidance_values: Sequence[float] = (0, 1, 2, 3),
     patch_sizes: Sequence[int] = (1, 8, 32),
+    combinations: bool = True,
 ) -> dict[str, LingshuPredictor]:
-    """One-factor-at-a-time ablation around ``base`` (S = 32, w = 2, prior on):
-    every guidance w, every compression S (one model trained per S), the prior off, and a model
-    trained without the perturbation shift prior (README, deviation 4)."""
-    reference_s = base.model_overrides.get("patch_size") or get_preset(base.preset).model.patch_size
+    """One-factor-at-a-time ablation around ``base`` (w = 2, prior on): every guidance w, every
+    compression S (one model trained per S; transformer models only, a cell MLP has no groups),
+    the prior injection off, and each of the shift prior's parts removed in a model of its own:
+    the shift prior itself and, where ``combinations`` are held out, the log-mean rule (the
+    parts' tilts summed instead). The removed parts choose their guidance as ``base`` does."""
+    model = replace(get_preset(base.preset).model, **base.model_overrides)
+    reference_s = model.patch_size
+    grouped = model.encoder != "cell_mlp"
+    label = f"lingshu S={reference_s}" if grouped else "lingshu"
 
     def variant(patch: int, guidance: float, prior: bool) -> LingshuPredictor:
         return replace(
@@ -267,14 +308,21 @@ def ablation_methods(
             use_prior=prior,
         )
 
-    methods = {f"lingshu S={reference_s} w={w:g}": variant(reference_s, w, True) for w in guidance_values}
-    for patch in patch_sizes:
+    def without(directory: str, **overrides) -> LingshuPredictor:
+        return replace(
+            base,
+            model_dir=Path(model_root) / directory,
+            model_overrides={**base.model_overrides, **overrides},
+        )
+
+    methods = {f"{label} w={w:g}": variant(reference_s, w, True) for w in guidance_values}
+    for patch in patch_sizes if grouped else ():
         methods.setdefault(f"lingshu S={patch} w=2", variant(patch, 2, True))
-    methods[f"lingshu S={reference_s} w=2 no prior"] = variant(reference_s, 2, False)
-    methods[f"lingshu S={reference_s} w=2 no shift prior"] = replace(
-        variant(reference_s, 2, True),
-        model_dir=Path(model_root) / "model_no_shift_prior",
-        model_overrides={**base.model_overrides, "patch_size": reference_s, "perturbation_prior": False},
-        unseen="control",  # without the shift prior there is no average perturbation to add
+    methods[f"{label} w=2 no prior"] = variant(reference_s, 2, False)
+    # Without the shift prior there is no average perturbation for an unseen target to take.
+    methods[f"{label} no shift prior"] = replace(
+        without("model_no_shift_prior", perturbation_prior=False), unseen="control"
     )
+    if combinations:
+        methods[f"{label} tilts summed"] = without("model_tilts_summed", combine_log_means=False)
     return methods

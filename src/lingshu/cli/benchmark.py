@@ -307,7 +307,7 @@ def perturbation(
     preset: str | None = typer.Option(
         None,
         "--preset",
-        help="The model's preset (tiny, small, cpu, paper; default small). With --pretrained only "
+        help="The model's preset (tiny, small, cpu, paper; default cpu). With --pretrained only "
         "its training schedule counts (default: the pretrained model's own schedule).",
     ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="The model's training steps."),
@@ -336,9 +336,10 @@ def perturbation(
     guidance: float | None = typer.Option(
         None,
         "--guidance",
-        help="CFG w. Default: chosen with the prior injection on a validation block of training "
-        "pairs held back like the held-out ones (w in 0, 1, 2, 3; the sweep is in "
-        "model_guidance_sweep.csv), else 2 genetic / 3 cytokine where the data offer no block.",
+        help="CFG w. Default: chosen with the prior injection and the training step on a "
+        "validation block of training pairs held back like the held-out ones (w in 0, 1, 2, 3 at "
+        "every checkpoint of the schedule; the sweep is in model_guidance_sweep.csv), else 2 "
+        "genetic / 3 cytokine where the data offer no block. A given w trains the whole schedule.",
     ),
     prior: bool | None = typer.Option(
         None,
@@ -362,7 +363,9 @@ def perturbation(
     ablation: bool = typer.Option(
         False,
         "--ablation",
-        help="Also run the model with w in 0..3, S in 1, 8, 32 and the prior off (one factor at a time).",
+        help="Also run the model with w in 0..3, S in 1, 8, 32 (transformer presets), the prior "
+        "injection off, and models without the shift prior and (with held-out doubles) with "
+        "the parts' tilts summed instead of the log-mean rule (one factor at a time).",
     ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda for the model."),
     out: Path | None = typer.Option(
@@ -417,11 +420,20 @@ def perturbation(
     from lingshu.benchmarks.seeds import parse_seeds
 
     seed_list = parse_seeds(seeds) if seeds is not None else None
+    from lingshu.benchmarks.perturbation import resolve_split
+    from lingshu.evaluation.perturbation_baselines import COMBINATION_SEPARATOR
+
+    has_combinations = any(COMBINATION_SEPARATOR in p.perturbation for p in resolve_split(chosen).held_out)
+
+    from lingshu.benchmarks.perturbation import resolve_split
+    from lingshu.evaluation.perturbation_baselines import COMBINATION_SEPARATOR
+
+    has_combinations = any(COMBINATION_SEPARATOR in p.perturbation for p in resolve_split(chosen).held_out)
 
     def run_once(run_out: Path, run_seed: int):
         model = LingshuPredictor(
             model_dir=run_out / "model",
-            preset=preset or "small",
+            preset=preset or "cpu",
             train_overrides={
                 k: v
                 for k, v in {
@@ -448,7 +460,9 @@ def perturbation(
             chosen_methods.update(models if name == MODEL_METHOD else {name: PERTURBATION_METHODS[name]})
         chosen_methods = with_priors_alone(chosen_methods)
         if ablation:
-            chosen_methods.update(ablation_methods(run_out / "ablation_models", model))
+            chosen_methods.update(
+                ablation_methods(run_out / "ablation_models", model, combinations=has_combinations)
+            )
         return run_perturbation_benchmark(
             chosen,
             methods=chosen_methods,

@@ -43,7 +43,7 @@ def train(
         "in file-name order) or a registered dataset name such as pbmc3k.",
     ),
     layer: str | None = typer.Option(None, "--layer", help="Layer holding raw counts (default: X)."),
-    preset: str = typer.Option("small", "--preset", help=f"Model/training preset: {', '.join(PRESETS)}."),
+    preset: str = typer.Option("cpu", "--preset", help=f"Model/training preset: {', '.join(PRESETS)}."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Optimisation steps (default: preset's)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch in cells (paper: 256)."),
     micro_batch_size: int | None = typer.Option(

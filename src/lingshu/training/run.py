@@ -281,7 +281,7 @@ def default_device() -> torch.device:
 def train(
     adata: ad.AnnData | Callable[[], ad.AnnData],
     out_dir: str | Path,
-    preset: str = "small",
+    preset: str = "cpu",
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
     vocabulary: GeneVocabulary | None = None,
@@ -410,7 +410,8 @@ def _train(
         obs = observations(adata, alignment, previous.model_config.depth_bins, source.key if source else None)
         prior = previous.prior
         model_config = previous.model_config
-        train_config = replace(previous.train_config, **(train_overrides or {}))
+        # A stop short of the schedule's end is not inherited: resuming goes on from it.
+        train_config = replace(previous.train_config, **{"stop_step": 0, **(train_overrides or {})})
     else:
         if (out_dir / "manifest.json").exists():
             raise FileExistsError(f"{out_dir} already holds a checkpoint; pass --resume or another --out")

@@ -113,7 +113,7 @@ class DiffusionLoss(nn.Module):
 
 
 class Trainer:
-    """Owns the model, its EMA and the optimizer; ``run`` trains up to ``max_steps``.
+    """Owns the model, its EMA and the optimizer; ``run`` trains up to ``last_step``.
 
     Inside a torch.distributed process group the loss is wrapped in DDP and each rank trains
     on its share of every global batch. ``self.model`` stays the plain module (checkpoints
@@ -216,11 +216,11 @@ class Trainer:
         progress: bool = True,
         validation: Callable[[MaskPredictor], float] | None = None,
     ) -> None:
-        """Train from ``self.step`` to ``config.max_steps``, calling ``on_checkpoint`` periodically
+        """Train from ``self.step`` to ``config.last_step``, calling ``on_checkpoint`` periodically
         (on rank 0 only; progress bars also show on rank 0 only). ``validation`` scores the
         EMA weights every ``val_every`` steps (rank 0; see :meth:`validate`)."""
         config = self.config
-        if self.step >= config.max_steps:
+        if self.step >= config.last_step:
             return
         keep_freed_memory()  # every step allocates the same big tensors: reuse their pages
         batches = data.iter_batches(
@@ -230,7 +230,7 @@ class Trainer:
             shard=distributed.shard(config.batch_size, self.rank, self.world_size),
         )
         bar = tqdm(
-            total=config.max_steps,
+            total=config.last_step,
             initial=self.step,
             disable=not progress or self.rank != 0,
             desc="training",
@@ -241,7 +241,7 @@ class Trainer:
         val_every = config.val_every or config.checkpoint_every
         postfix: dict[str, str] = {}
         for step, indices, counts in batches:
-            if step >= config.max_steps:
+            if step >= config.last_step:
                 break
             step_started = time.perf_counter()
             batch = make_batch(
@@ -257,10 +257,10 @@ class Trainer:
             bar.update(1)
             postfix.update(loss=f"{loss:.4f}", cells_per_s=f"{rate:.1f}")
             if validation is not None and self.rank == 0:
-                if self.step % val_every == 0 or self.step == config.max_steps:
+                if self.step % val_every == 0 or self.step == config.last_step:
                     postfix["val_nll"] = f"{self.validate(validation):.5f}"
             bar.set_postfix(postfix)
-            if self.step % config.log_every == 0 or self.step == config.max_steps:
+            if self.step % config.log_every == 0 or self.step == config.last_step:
                 self.log.append(
                     {
                         "step": self.step,
@@ -269,7 +269,7 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                     }
                 )
-            due = self.step % config.checkpoint_every == 0 or self.step == config.max_steps
+            due = self.step % config.checkpoint_every == 0 or self.step == config.last_step
             if on_checkpoint and self.rank == 0 and due:
                 on_checkpoint(self)
         bar.close()
