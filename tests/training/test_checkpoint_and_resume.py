@@ -128,14 +128,18 @@ def test_same_seed_gives_the_same_model_and_another_seed_does_not(tmp_path, coun
 
 def test_a_stop_step_gives_the_full_schedules_weights_at_that_step(tmp_path, counts_adata):
     schedule = {**TINY, "max_steps": 8, "log_every": 1, "checkpoint_every": 4}
-    straight = train(counts_adata, tmp_path / "a", preset="tiny", train_overrides=schedule, progress=False)
-    stopped = train(
-        counts_adata,
-        tmp_path / "b",
-        preset="tiny",
-        train_overrides={**schedule, "stop_step": 5},
-        progress=False,
-    )
+
+    def tiny(name: str, **overrides):
+        return train(
+            counts_adata,
+            tmp_path / name,
+            preset="tiny",
+            train_overrides={**schedule, **overrides},
+            progress=False,
+        )
+
+    straight = tiny("a")
+    stopped = tiny("b", stop_step=5)
     assert stopped.step == 5 and load_checkpoint(tmp_path / "b").step == 5
     # The learning rates of the first five steps are the 8-step schedule's, not a 5-step one's.
     assert [r["lr"] for r in stopped.log] == [r["lr"] for r in straight.log][:5]
@@ -145,13 +149,7 @@ def test_a_stop_step_gives_the_full_schedules_weights_at_that_step(tmp_path, cou
     assert resumed.step == 8
     assert _states_equal(resumed.model_state, straight.model_state)
     with pytest.raises(ValueError, match="stop_step must be in"):
-        train(
-            counts_adata,
-            tmp_path / "c",
-            preset="tiny",
-            train_overrides={**schedule, "stop_step": 9},
-            progress=False,
-        )
+        tiny("c", stop_step=9)
 
 
 def test_resume_refuses_other_data_and_overwrite_needs_resume(tmp_path, counts_adata):
