@@ -425,11 +425,6 @@ def perturbation(
 
     has_combinations = any(COMBINATION_SEPARATOR in p.perturbation for p in resolve_split(chosen).held_out)
 
-    from lingshu.benchmarks.perturbation import resolve_split
-    from lingshu.evaluation.perturbation_baselines import COMBINATION_SEPARATOR
-
-    has_combinations = any(COMBINATION_SEPARATOR in p.perturbation for p in resolve_split(chosen).held_out)
-
     def run_once(run_out: Path, run_seed: int):
         model = LingshuPredictor(
             model_dir=run_out / "model",
