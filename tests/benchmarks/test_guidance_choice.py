@@ -89,7 +89,7 @@ def test_the_setting_with_the_best_validation_score_comes_first():
     unshifted = controls.copy()
     unshifted.obs["pert"] = "stim"  # predicted cells carry the requested label
 
-    def predict_block(w: float, prior: bool) -> ad.AnnData:
+    def predict_block(step: int, w: float, prior: bool) -> ad.AnnData:
         # Only w = 2 without the prior gives the real shift; the rest give the controls' profile.
         return block if (w == 2 and not prior) else unshifted
 

@@ -100,24 +100,32 @@ def pearson_delta(predicted: ad.AnnData, real: ad.AnnData, controls: ad.AnnData)
     controls, in log-normalised expression (cell-eval's headline metric, without its DE)."""
     if min(predicted.n_obs, real.n_obs, controls.n_obs) == 0:
         raise ValueError("pearson_delta needs predicted, real and control cells (no cells in one)")
-    base = log_normalise(count_matrix(controls)).mean(0)
-    shift_pred = log_normalise(count_matrix(predicted)).mean(0) - base
-    shift_real = log_normalise(count_matrix(real)).mean(0) - base
+    base = _mean_log_expression(controls)
+    return _correlation(_mean_log_expression(predicted) - base, _mean_log_expression(real) - base)
+
+
+def _mean_log_expression(cells: ad.AnnData) -> np.ndarray:
+    return log_normalise(count_matrix(cells)).mean(0)
+
+
+def _correlation(shift_pred: np.ndarray, shift_real: np.ndarray) -> float:
     if shift_pred.std() == 0 or shift_real.std() == 0:
         return 0.0
     return float(np.corrcoef(shift_pred, shift_real)[0, 1])
 
 
 def sweep_settings(
-    predict_block: Callable[[float, bool], ad.AnnData],
+    predict_block: Callable[[int, float, bool], ad.AnnData],
     block: ad.AnnData,
     train: ad.AnnData,
     split: PerturbationSplit,
     prior_options: Sequence[bool],
     grid: Sequence[float] = GUIDANCE_GRID,
+    steps: Sequence[int] = (0,),
 ) -> pd.DataFrame:
-    """Pearson-delta on each validation pair of ``predict_block(w, prior)`` for every setting;
-    one row per setting with the mean over pairs, best first (ties: the smaller w)."""
+    """Pearson-delta on each validation pair of ``predict_block(step, w, prior)`` for every
+    training step (in the order given) and setting; one row per (step, setting) with the mean
+    over pairs, best first (ties: the earlier step, then the smaller w)."""
 
     def cells_of(cells: ad.AnnData, context: str, label: str) -> ad.AnnData:
         keep = (cells.obs[split.context_key].astype(str) == context) & (
@@ -125,23 +133,39 @@ def sweep_settings(
         )
         return cells[keep.to_numpy()]
 
-    # Each pair's real cells and controls, selected once for every setting.
-    pairs = [
-        (p, cells_of(block, p.context, p.perturbation), cells_of(train, p.context, split.control_label))
-        for p in split.held_out
-    ]
+    # Each pair's control profile and real shift, computed once for every step and setting.
+    pairs = []
+    for p in split.held_out:
+        real, controls = (
+            cells_of(block, p.context, p.perturbation),
+            cells_of(train, p.context, split.control_label),
+        )
+        if min(real.n_obs, controls.n_obs) == 0:
+            raise ValueError(f"validation pair {p.context} {p.perturbation} has no real or control cells")
+        base = _mean_log_expression(controls)
+        pairs.append((p, base, _mean_log_expression(real) - base))
     records = []
-    for prior in prior_options:
-        for w in grid:
-            predicted = predict_block(float(w), bool(prior))
-            scores = [
-                pearson_delta(cells_of(predicted, p.context, p.perturbation), real, controls)
-                for p, real, controls in pairs
-            ]
-            records.append(
-                {"guidance": float(w), "prior": bool(prior), "pearson_delta": float(np.mean(scores))}
-            )
+    for step in steps:
+        for prior in prior_options:
+            for w in grid:
+                predicted = predict_block(int(step), float(w), bool(prior))
+                scores = []
+                for p, base, shift_real in pairs:
+                    mine = cells_of(predicted, p.context, p.perturbation)
+                    if mine.n_obs == 0:
+                        raise ValueError(
+                            f"no predicted cells for validation pair {p.context} {p.perturbation}"
+                        )
+                    scores.append(_correlation(_mean_log_expression(mine) - base, shift_real))
+                records.append(
+                    {
+                        "step": int(step),
+                        "guidance": float(w),
+                        "prior": bool(prior),
+                        "pearson_delta": float(np.mean(scores)),
+                    }
+                )
     table = pd.DataFrame.from_records(records)
     return table.sort_values(
-        ["pearson_delta", "guidance"], ascending=[False, True], kind="stable"
+        ["pearson_delta", "step", "guidance"], ascending=[False, True, True], kind="stable"
     ).reset_index(drop=True)

@@ -158,31 +158,29 @@ class LingshuPredictor:
             priors = (True, False) if split.perturbation_kind == "genetic" else (False,)
         schedule = self.schedule()
         every = schedule.val_every or schedule.checkpoint_every
-        tables = []
-        for stop in [*range(every, schedule.max_steps, every), schedule.max_steps]:
-            checkpoint = validation.checkpoint(fit_cells, val_split, seed, stop_step=stop)
+        steps = [*range(every, schedule.max_steps, every), schedule.max_steps]
+        trained: dict[int, Checkpoint] = {}  # the validation model at the step being swept
 
-            def predict_block(w: float, prior: bool, checkpoint: Checkpoint = checkpoint) -> ad.AnnData:
-                cells = predict(
-                    checkpoint,
-                    requests,
-                    n_steps=self.n_steps,
-                    guidance=w,
-                    use_prior=prior,
-                    seed=seed,
-                    device=self.device or "cpu",
-                    progress=False,
-                    unseen=self.unseen,
-                )
-                return on_genes(cells, fit_cells.var_names)
+        def predict_block(step: int, w: float, prior: bool) -> ad.AnnData:
+            if step not in trained:  # steps come in order: train on to the next one
+                trained.clear()
+                trained[step] = validation.checkpoint(fit_cells, val_split, seed, stop_step=step)
+            cells = predict(
+                trained[step],
+                requests,
+                n_steps=self.n_steps,
+                guidance=w,
+                use_prior=prior,
+                seed=seed,
+                device=self.device or "cpu",
+                progress=False,
+                unseen=self.unseen,
+            )
+            return on_genes(cells, fit_cells.var_names)
 
-            table = sweep_settings(predict_block, block, fit_cells, val_split, priors)
-            tables.append(table.assign(step=stop))
-        table = pd.concat(tables, ignore_index=True).sort_values(
-            ["pearson_delta", "step", "guidance"], ascending=[False, True, True], kind="stable"
-        )
+        table = sweep_settings(predict_block, block, fit_cells, val_split, priors, steps=steps)
         table.insert(0, "validation_pairs", "; ".join(f"{p.context} {p.perturbation}" for p in pairs))
-        return table.reset_index(drop=True)
+        return table
 
     def __call__(
         self, train_cells: ad.AnnData, split: PerturbationSplit, requests: Sequence[CellRequest], seed: int
